@@ -1,0 +1,5 @@
+import sys
+
+from birefnet.cli import main
+
+sys.exit(main())

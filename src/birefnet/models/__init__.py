@@ -1,0 +1,1 @@
+"""Networks: backbones, blocks, the deformable convolution, the decoder and BiRefNet itself."""

@@ -1,0 +1,67 @@
+"""Shared test helpers: the ../shared reference material (skipped when absent) and seeding."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared beside the checkout (CI and developers have it; a user's clone does not).
+SHARED = Path(os.environ.get("BIREFNET_SHARED", ROOT.parent / "shared")).resolve()
+REFERENCE = SHARED / "reference"
+HAVE_SHARED = (REFERENCE / "make_weights.py").is_file()
+
+requires_shared = pytest.mark.skipif(
+    not HAVE_SHARED,
+    reason=f"needs the reference material in {REFERENCE} (official fixtures/weights); absent in a user's clone",
+)
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_weights_module():
+    """The shared ``make_weights`` module (deterministic official-format state dicts)."""
+    if not HAVE_SHARED:
+        pytest.skip(f"needs {REFERENCE}/make_weights.py")
+    if str(REFERENCE) not in sys.path:
+        sys.path.insert(0, str(REFERENCE))
+    import make_weights
+
+    return make_weights
+
+
+def official_state_dict(variant_or_keys: str, seed: int) -> dict[str, torch.Tensor]:
+    mw = make_weights_module()
+    return {k: torch.from_numpy(v) for k, v in mw.make_state_dict(variant_or_keys, seed).items()}
+
+
+def load_fixture(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(case json, tensors) of ../shared/reference/fixtures/<name>."""
+    from safetensors.torch import load_file
+
+    case = json.loads((REFERENCE / "fixtures" / f"{name}.json").read_text())
+    if isinstance(case.get("losses"), str):  # stored as a Python-literal string in some cases
+        import ast
+
+        case["losses"] = ast.literal_eval(case["losses"])
+    return case, load_file(str(REFERENCE / "fixtures" / f"{name}.safetensors"))
+
+
+def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |ours - ref| / max |ref| (the project's definition of relative error)."""
+    ours = ours.detach().double()
+    ref = ref.detach().double()
+    return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
