@@ -28,7 +28,16 @@ _LAZY = {
     "remove_background": "birefnet.inference",
 }
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [
+    "BiRefNet",
+    "BiRefNetConfig",
+    "BiRefNetOutput",
+    "LoadReport",
+    "Predictor",
+    "__version__",
+    "load_model",
+    "remove_background",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from birefnet.config import BiRefNetConfig

@@ -1,0 +1,123 @@
+"""BiRefNet: encoder -> multi-scale fusion + context -> squeeze -> bilateral-reference decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from birefnet.config import BiRefNetConfig
+from birefnet.models.backbones import build_backbone
+from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, resize
+from birefnet.models.decoder import Decoder, laplacian_5x5
+from birefnet.models.output import BiRefNetOutput
+
+# ImageNet normalisation the released weights expect (RGB in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _squeeze_module(config: BiRefNetConfig, cin: int, cout: int) -> nn.Sequential | None:
+    spec = config.squeeze_spec
+    if spec is None:
+        return None
+    name, repeats = spec
+    blocks = []
+    for i in range(repeats):
+        # Official bug fixed here: every repeat was built in -> out, so N > 1 failed. The first
+        # repeat maps in -> out, the others out -> out.
+        bin_ = cin if i == 0 else cout
+        inter = bin_ // 4 if config.decoder_channels_inter == "adap" else 64
+        if name in ("BasicDecBlk", "ResBlk"):
+            cls = BasicDecBlk if name == "BasicDecBlk" else ResBlk
+            blocks.append(
+                cls(
+                    bin_,
+                    cout,
+                    inter_channels=inter,
+                    attention=config.decoder_attention,
+                    norm=config.norm,
+                    dropout=config.dropout,
+                )
+            )
+        elif name == "ASPP":
+            blocks.append(ASPP(bin_, cout, norm=config.norm, dropout=config.dropout))
+        else:
+            blocks.append(ASPPDeformable(bin_, cout, norm=config.norm, dropout=config.dropout))
+    return nn.Sequential(*blocks)
+
+
+class BiRefNet(nn.Module):
+    """Bilateral Reference Network for high-resolution dichotomous image segmentation.
+
+    Args:
+        config: architecture (see :class:`~birefnet.config.BiRefNetConfig`); official
+            checkpoints load with :meth:`load_state_dict` under their own key names.
+
+    Forward input: (B, 3, H, W) RGB normalised with ImageNet mean/std, H and W multiples of 32.
+    Forward output: :class:`~birefnet.models.output.BiRefNetOutput`; ``logits`` is (B, 1, H, W).
+    """
+
+    def __init__(self, config: BiRefNetConfig | None = None) -> None:
+        super().__init__()
+        config = config or BiRefNetConfig()
+        self.config = config
+        self.bb = build_backbone(config.backbone, drop_path_rate=config.drop_path_rate)
+        base = list(reversed(self.bb.out_channels))  # deepest first
+        factor = 2 if config.multi_scale_input == "cat" else 1
+        channels = [ch * factor for ch in base]
+        self.channels = tuple(channels)
+        # context: the last `context_levels` of (x1, x2, x3), resized to x4 and concatenated
+        cxt = channels[1:][::-1][-config.context_levels :] if config.context_levels else []
+        squeeze_in = channels[0] + sum(cxt)
+        self.squeeze_module = _squeeze_module(config, squeeze_in, channels[0])
+        deepest = channels[0] if self.squeeze_module is not None else squeeze_in
+        self.decoder = Decoder(channels, deepest, config)
+        if config.auxiliary_classification:
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.cls_head = nn.Sequential(nn.Linear(channels[0], config.num_classes))
+
+    def forward_encoder(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Encoder features (x1, x2, x3, x4) after multi-scale fusion and context concatenation.
+
+        Returns the four maps (strides 4, 8, 16, 32; x4 carries the context channels) and the
+        auxiliary class logits (training with auxiliary classification only, else None).
+        """
+        feats = list(self.bb(x))
+        mode = self.config.multi_scale_input
+        if mode:
+            h, w = x.shape[-2:]
+            half = self.bb(resize(x, (h // 2, w // 2)))
+            for i, (f, g) in enumerate(zip(feats, half)):
+                g = resize(g, f.shape[-2:])
+                feats[i] = torch.cat([f, g], dim=1) if mode == "cat" else f + g
+        class_logits = None
+        if self.training and self.config.auxiliary_classification:
+            class_logits = self.cls_head(self.avgpool(feats[3]).flatten(1))
+        n = self.config.context_levels
+        if n:
+            size = feats[3].shape[-2:]
+            context = [resize(f, size) for f in feats[:3]][-n:]
+            feats[3] = torch.cat([*context, feats[3]], dim=1)
+        return feats, class_logits
+
+    def forward(self, x: torch.Tensor) -> BiRefNetOutput:
+        """(B, 3, H, W) normalised image -> BiRefNetOutput (logits (B, 1, H, W) before sigmoid)."""
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} is not a multiple of 32; resize the image "
+                "(the Predictor does this for you)"
+            )
+        feats, class_logits = self.forward_encoder(x)
+        if self.squeeze_module is not None:
+            feats[3] = self.squeeze_module(feats[3])
+        laplacian = None
+        if self.training and self.config.outward_reference:
+            laplacian = laplacian_5x5(x.mean(dim=1, keepdim=True))
+        dec = self.decoder(x, feats, laplacian)
+        return BiRefNetOutput(
+            logits=dec.logits,
+            side_logits=dec.side_logits,
+            gradient_logits=dec.gradient_logits,
+            gradient_targets=dec.gradient_targets,
+            class_logits=class_logits,
+        )

@@ -1,0 +1,274 @@
+"""Building blocks of the BiRefNet decoder, with the official state-dict names.
+
+Every attribute name here is an official state-dict key component (``conv_in``, ``bn_in``,
+``dec_att``, ``aspp_deforms``, ``global_avg_pool.1`` ...), so official checkpoints load without a
+key map. Registration order follows the official modules too, which keeps ``state_dict()`` in the
+official key order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from birefnet.models.deform_conv import DeformableConv2d
+
+ASPP_PLANES = 256  # width of every ASPP branch (official ``in_channelster``)
+
+
+def make_norm(channels: int, norm: str) -> nn.Module:
+    """BatchNorm2d for ``norm == "bn"`` (all released weights), identity for ``"none"``."""
+    return nn.BatchNorm2d(channels) if norm == "bn" else nn.Identity()
+
+
+def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize with ``align_corners=True`` (the only resize inside the network).
+
+    Returns ``x`` itself when the size already matches: the official code calls interpolate there
+    too, which is an exact identity for align_corners=True, so skipping it changes no value.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+class _ASPPBranch(nn.Module):
+    """conv (dilated or deformable) -> norm -> ReLU; official ``_ASPPModule`` / ``_ASPPModuleDeformable``."""
+
+    def __init__(self, conv: nn.Module, planes: int, norm: str) -> None:
+        super().__init__()
+        self.atrous_conv = conv
+        self.bn = make_norm(planes, norm)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.atrous_conv(x)))
+
+
+class _ASPPHead(nn.Module):
+    """Shared tail of ASPP and ASPPDeformable: image pooling branch, 1x1 fusion, norm, ReLU, dropout."""
+
+    def _init_head(
+        self, in_channels: int, out_channels: int, n_branches: int, norm: str, dropout: float
+    ) -> None:
+        self.global_avg_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d((1, 1)),
+            nn.Conv2d(in_channels, ASPP_PLANES, 1, stride=1, bias=False),
+            make_norm(ASPP_PLANES, norm),
+            nn.ReLU(inplace=True),
+        )
+        self.conv1 = nn.Conv2d(ASPP_PLANES * (n_branches + 1), out_channels, 1, bias=False)
+        self.bn1 = make_norm(out_channels, norm)
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def _fuse(self, x: torch.Tensor, branches: list[torch.Tensor]) -> torch.Tensor:
+        pooled = self.global_avg_pool(x)
+        # bilinear upsampling of a 1x1 map is a broadcast; expand keeps the official values
+        branches.append(pooled.expand(-1, -1, *branches[0].shape[-2:]))
+        x = self.conv1(torch.cat(branches, dim=1))
+        return self.dropout(self.relu(self.bn1(x)))
+
+
+class ASPP(_ASPPHead):
+    """Atrous spatial pyramid pooling (dilations 1, 6, 12, 18 + image pooling), official ``ASPP``.
+
+    (B, in_channels, H, W) -> (B, out_channels, H, W). Not used by released weights.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int | None = None, *, norm: str = "bn", dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        dilations = (1, 6, 12, 18)
+        for i, d in enumerate(dilations, start=1):
+            k, pad = (1, 0) if d == 1 else (3, d)
+            conv = nn.Conv2d(in_channels, ASPP_PLANES, k, stride=1, padding=pad, dilation=d, bias=False)
+            setattr(self, f"aspp{i}", _ASPPBranch(conv, ASPP_PLANES, norm))
+        self._init_head(in_channels, out_channels, len(dilations), norm, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fuse(x, [self.aspp1(x), self.aspp2(x), self.aspp3(x), self.aspp4(x)])
+
+
+class ASPPDeformable(_ASPPHead):
+    """ASPP with deformable branches, official ``ASPPDeformable`` (default decoder attention).
+
+    Branches: a 1x1 deformable conv (``aspp1``), deformable k x k convs for k in
+    ``parallel_block_sizes`` (``aspp_deforms``; so two 1x1 branches by default) and image pooling;
+    5 x 256 channels fused by a 1x1 conv. (B, in_channels, H, W) -> (B, out_channels, H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        *,
+        parallel_block_sizes: Sequence[int] = (1, 3, 7),
+        norm: str = "bn",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+
+        def branch(k: int) -> _ASPPBranch:
+            conv = DeformableConv2d(
+                in_channels, ASPP_PLANES, kernel_size=k, stride=1, padding=k // 2, bias=False
+            )
+            return _ASPPBranch(conv, ASPP_PLANES, norm)
+
+        self.aspp1 = branch(1)
+        self.aspp_deforms = nn.ModuleList([branch(k) for k in parallel_block_sizes])
+        self._init_head(in_channels, out_channels, 1 + len(parallel_block_sizes), norm, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fuse(x, [self.aspp1(x), *(b(x) for b in self.aspp_deforms)])
+
+
+def make_attention(kind: str, channels: int, norm: str, dropout: float) -> nn.Module | None:
+    """The ``dec_att`` module of a decoder block: ASPP, ASPPDeformable or none ("")."""
+    if kind == "ASPP":
+        return ASPP(channels, norm=norm, dropout=dropout)
+    if kind == "ASPPDeformable":
+        return ASPPDeformable(channels, norm=norm, dropout=dropout)
+    return None
+
+
+class BasicDecBlk(nn.Module):
+    """conv3x3 -> norm -> ReLU -> attention -> conv3x3 -> norm (no final activation), official ``BasicDecBlk``.
+
+    (B, in_channels, H, W) -> (B, out_channels, H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        inter_channels: int = 64,
+        attention: str = "ASPPDeformable",
+        norm: str = "bn",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, inter_channels, 3, 1, padding=1)
+        self.relu_in = nn.ReLU(inplace=True)
+        att = make_attention(attention, inter_channels, norm, dropout)
+        if att is not None:
+            self.dec_att = att
+        self.conv_out = nn.Conv2d(inter_channels, out_channels, 3, 1, padding=1)
+        self.bn_in = make_norm(inter_channels, norm)
+        self.bn_out = make_norm(out_channels, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu_in(self.bn_in(self.conv_in(x)))
+        if hasattr(self, "dec_att"):
+            x = self.dec_att(x)
+        return self.bn_out(self.conv_out(x))
+
+
+class ResBlk(nn.Module):
+    """BasicDecBlk plus a 1x1 residual projection (``conv_resi``), official ``ResBlk``.
+
+    (B, in_channels, H, W) -> (B, out_channels, H, W).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        inter_channels: int = 64,
+        attention: str = "ASPPDeformable",
+        norm: str = "bn",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, inter_channels, 3, 1, padding=1)
+        self.bn_in = make_norm(inter_channels, norm)
+        self.relu_in = nn.ReLU(inplace=True)
+        att = make_attention(attention, inter_channels, norm, dropout)
+        if att is not None:
+            self.dec_att = att
+        self.conv_out = nn.Conv2d(inter_channels, out_channels, 3, 1, padding=1)
+        self.bn_out = make_norm(out_channels, norm)
+        self.conv_resi = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.conv_resi(x)
+        x = self.relu_in(self.bn_in(self.conv_in(x)))
+        if hasattr(self, "dec_att"):
+            x = self.dec_att(x)
+        return self.bn_out(self.conv_out(x)) + residual
+
+
+class BasicLatBlk(nn.Module):
+    """Lateral connection: a 1x1 conv with bias, official ``BasicLatBlk``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class SimpleConvs(nn.Module):
+    """Inward-reference patch encoder: conv3x3 -> conv3x3, no norm, no activation (official ``SimpleConvs``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, inter_channels: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, inter_channels, 3, 1, 1)
+        self.conv_out = nn.Conv2d(inter_channels, out_channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.conv1(x))
+
+
+def image_to_patches(image: torch.Tensor, size: Sequence[int], order: str = "current") -> torch.Tensor:
+    """Cut an image into a grid of patches of ``size`` and stack them on channels (inward reference).
+
+    Args:
+        image: (B, C, H, W); H and W must be multiples of the patch size.
+        size: (h, w) patch size, i.e. the size of the decoder stage the patches feed.
+        order: "current": channel index ``c*(hg*wg) + i_h*wg + i_w`` (einops
+            ``'b c (hg h) (wg w) -> b (c hg wg) h w'``, official code since 2024-11-05);
+            "legacy": ``(i_w*hg + i_h)*C + c`` (``'b (wg hg c) h w'``, the older
+            ``get_patches_batch`` that pre-2024-11-05 weights were trained with).
+
+    Returns:
+        (B, C*hg*wg, h, w) with hg = H // h, wg = W // w.
+    """
+    b, c, height, width = image.shape
+    h, w = int(size[0]), int(size[1])
+    hg, wg = height // h, width // w
+    if hg * h != height or wg * w != width:
+        raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {h}x{w}")
+    if hg == 1 and wg == 1:
+        return image
+    x = image.reshape(b, c, hg, h, wg, w)
+    if order == "current":
+        x = x.permute(0, 1, 2, 4, 3, 5)  # b c hg wg h w
+    elif order == "legacy":
+        x = x.permute(0, 4, 2, 1, 3, 5)  # b wg hg c h w
+    else:
+        raise ValueError(f"patch order must be 'current' or 'legacy', got {order!r}")
+    return x.reshape(b, c * hg * wg, h, w)
+
+
+def patches_to_image(patches: torch.Tensor, grid: Sequence[int], order: str = "current") -> torch.Tensor:
+    """Inverse of :func:`image_to_patches`: (B, C*hg*wg, h, w) -> (B, C, hg*h, wg*w)."""
+    hg, wg = int(grid[0]), int(grid[1])
+    b, n, h, w = patches.shape
+    c = n // (hg * wg)
+    if order == "current":
+        x = patches.reshape(b, c, hg, wg, h, w).permute(0, 1, 2, 4, 3, 5)
+    elif order == "legacy":
+        x = patches.reshape(b, wg, hg, c, h, w).permute(0, 3, 2, 4, 1, 5)
+    else:
+        raise ValueError(f"patch order must be 'current' or 'legacy', got {order!r}")
+    return x.reshape(b, c, hg * h, wg * w)

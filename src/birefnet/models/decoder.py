@@ -1,0 +1,212 @@
+"""The BiRefNet reconstruction module: coarse-to-fine decoding with bilateral reference.
+
+Inward reference: at every stage the normalised full-resolution image is cut into a grid of
+patches of the stage's size, stacked on channels, encoded by a small conv block (``ipt_blk*``) and
+concatenated to the stage's features, so the decoder sees full-resolution detail at every scale.
+
+Outward reference: at stages 4, 3, 2 a small head (``gdt_convs_*``) predicts a gradient-attention
+map that multiplies the stage's features (also at inference); in training it is supervised with
+the image's Laplacian times the stage's side output (``gradient_targets``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from birefnet.config import BiRefNetConfig
+from birefnet.models.blocks import (
+    BasicDecBlk,
+    BasicLatBlk,
+    ResBlk,
+    SimpleConvs,
+    image_to_patches,
+    make_norm,
+    resize,
+)
+
+DECODER_BLOCKS: dict[str, type[nn.Module]] = {"BasicDecBlk": BasicDecBlk, "ResBlk": ResBlk}
+LATERAL_BLOCKS: dict[str, type[nn.Module]] = {"BasicLatBlk": BasicLatBlk}
+
+GRADIENT_CHANNELS = 16  # width of the outward-reference heads (official ``_N``)
+PATCH_ENCODER_WIDTH = 64  # hidden width of the inward-reference blocks (official ``ic``)
+
+
+def laplacian_5x5(x: torch.Tensor) -> torch.Tensor:
+    """Normalised 5x5 Laplacian with reflect border (kornia ``laplacian(x, 5)``, the official operator).
+
+    Kernel: ones with centre -24, divided by the sum of absolute values (48). (B, C, H, W) ->
+    (B, C, H, W). H, W >= 3 (reflect padding by 2).
+    """
+    kernel = torch.full((5, 5), 1.0 / 48.0, dtype=x.dtype, device=x.device)
+    kernel[2, 2] = -24.0 / 48.0
+    c = x.shape[1]
+    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    return F.conv2d(padded, kernel.expand(c, 1, 5, 5), groups=c)
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor
+    side_logits: list[torch.Tensor] | None
+    gradient_logits: list[torch.Tensor] | None
+    gradient_targets: list[torch.Tensor] | None
+
+
+class Decoder(nn.Module):
+    """Coarse-to-fine decoder (official ``Decoder``).
+
+    Args:
+        channels: encoder channels deepest first, after multi-scale fusion (e.g. swin_v1_l with
+            "cat": (3072, 1536, 768, 384)).
+        in_channels_deepest: channels of the deepest input (``channels[0]`` after the squeeze
+            block, more without one when context levels are concatenated).
+        config: architecture options (decoder block, attention, inward/outward reference ...).
+    """
+
+    def __init__(self, channels: Sequence[int], in_channels_deepest: int, config: BiRefNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = list(channels)
+        norm = config.norm
+        block_cls = DECODER_BLOCKS[config.decoder_block]
+        lateral_cls = LATERAL_BLOCKS[config.lateral_block]
+        use_ipt = config.inward_reference
+        split = config.inward_reference_split
+
+        def block(cin: int, cout: int) -> nn.Module:
+            inter = cin // 4 if config.decoder_channels_inter == "adap" else 64
+            return block_cls(
+                cin,
+                cout,
+                inter_channels=inter,
+                attention=config.decoder_attention,
+                norm=norm,
+                dropout=config.dropout,
+            )
+
+        # Inward reference: patch grids of 32, 16, 8, 4, 1 per side -> 3 * grid^2 channels.
+        ipt_out = [c[0] // 8, c[0] // 8, c[1] // 8, c[2] // 8, c[3] // 8]
+        if use_ipt:
+            for i, (grid, cout) in enumerate(zip((32, 16, 8, 4, 1), ipt_out)):
+                cin = 3 * grid * grid if split else 3
+                setattr(self, f"ipt_blk{5 - i}", SimpleConvs(cin, cout, inter_channels=PATCH_ENCODER_WIDTH))
+        extra = ipt_out if use_ipt else [0] * 5
+
+        self.decoder_block4 = block(in_channels_deepest + extra[0], c[1])
+        self.decoder_block3 = block(c[1] + extra[1], c[2])
+        self.decoder_block2 = block(c[2] + extra[2], c[3])
+        self.decoder_block1 = block(c[3] + extra[3], c[3] // 2)
+        self.conv_out1 = nn.Sequential(nn.Conv2d(c[3] // 2 + extra[4], 1, 1, 1, 0))
+
+        self.lateral_block4 = lateral_cls(c[1], c[1])
+        self.lateral_block3 = lateral_cls(c[2], c[2])
+        self.lateral_block2 = lateral_cls(c[3], c[3])
+
+        if config.multi_scale_supervision:
+            self.conv_ms_spvn_4 = nn.Conv2d(c[1], 1, 1, 1, 0)
+            self.conv_ms_spvn_3 = nn.Conv2d(c[2], 1, 1, 1, 0)
+            self.conv_ms_spvn_2 = nn.Conv2d(c[3], 1, 1, 1, 0)
+            if config.outward_reference:
+                for stage, ch in zip((4, 3, 2), (c[1], c[2], c[3])):
+                    setattr(
+                        self,
+                        f"gdt_convs_{stage}",
+                        nn.Sequential(
+                            nn.Conv2d(ch, GRADIENT_CHANNELS, 3, 1, 1),
+                            make_norm(GRADIENT_CHANNELS, norm),
+                            nn.ReLU(inplace=True),
+                        ),
+                    )
+                for stage in (4, 3, 2):
+                    setattr(
+                        self,
+                        f"gdt_convs_pred_{stage}",
+                        nn.Sequential(nn.Conv2d(GRADIENT_CHANNELS, 1, 1, 1, 0)),
+                    )
+                for stage in (4, 3, 2):
+                    setattr(
+                        self,
+                        f"gdt_convs_attn_{stage}",
+                        nn.Sequential(nn.Conv2d(GRADIENT_CHANNELS, 1, 1, 1, 0)),
+                    )
+
+    def _inward(self, x: torch.Tensor, feat: torch.Tensor, stage: int) -> torch.Tensor:
+        """Concatenate the encoded image patches of ``stage`` to ``feat`` (B, C, h, w)."""
+        if not self.config.inward_reference:
+            return feat
+        size = feat.shape[-2:]
+        if self.config.inward_reference_split:
+            patches = image_to_patches(x, size, self.config.patch_order)
+        else:
+            patches = resize(x, size)
+        encoded = getattr(self, f"ipt_blk{stage}")(resize(patches, size))
+        return torch.cat((feat, encoded), dim=1)
+
+    def _outward(
+        self,
+        p: torch.Tensor,
+        stage: int,
+        image_laplacian: torch.Tensor | None,
+        side: list[torch.Tensor] | None,
+        grad_logits: list[torch.Tensor] | None,
+        grad_targets: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Side output, gradient head and gradient attention of decoder stage 4, 3 or 2."""
+        cfg = self.config
+        m = None
+        if side is not None:
+            m = getattr(self, f"conv_ms_spvn_{stage}")(p)  # before the attention multiplies p
+            side.append(m)
+        if not (cfg.multi_scale_supervision and cfg.outward_reference):
+            return p
+        p_gdt = getattr(self, f"gdt_convs_{stage}")(p)
+        if (
+            grad_logits is not None
+            and grad_targets is not None
+            and image_laplacian is not None
+            and m is not None
+        ):
+            grad_targets.append(image_laplacian * resize(m, image_laplacian.shape[-2:]))
+            grad_logits.append(getattr(self, f"gdt_convs_pred_{stage}")(p_gdt))
+        attn = getattr(self, f"gdt_convs_attn_{stage}")(p_gdt).sigmoid()
+        return p * attn
+
+    def forward(
+        self, x: torch.Tensor, features: Sequence[torch.Tensor], image_laplacian: torch.Tensor | None = None
+    ) -> DecoderOutput:
+        """Decode.
+
+        Args:
+            x: (B, 3, H, W) normalised input image.
+            features: (x1, x2, x3, x4) encoder features at strides 4, 8, 16, 32 (x4 squeezed).
+            image_laplacian: (B, 1, H, W) Laplacian of the channel-mean image; given in training
+                with outward reference, when gradient targets are wanted.
+        """
+        x1, x2, x3, x4 = features
+        train_heads = self.training and self.config.multi_scale_supervision
+        side: list[torch.Tensor] | None = [] if train_heads else None
+        want_grad = train_heads and self.config.outward_reference and image_laplacian is not None
+        grad_logits: list[torch.Tensor] | None = [] if want_grad else None
+        grad_targets: list[torch.Tensor] | None = [] if want_grad else None
+
+        p4 = self.decoder_block4(self._inward(x, x4, 5))
+        p4 = self._outward(p4, 4, image_laplacian, side, grad_logits, grad_targets)
+
+        p3 = resize(p4, x3.shape[-2:]) + self.lateral_block4(x3)
+        p3 = self.decoder_block3(self._inward(x, p3, 4))
+        p3 = self._outward(p3, 3, image_laplacian, side, grad_logits, grad_targets)
+
+        p2 = resize(p3, x2.shape[-2:]) + self.lateral_block3(x2)
+        p2 = self.decoder_block2(self._inward(x, p2, 3))
+        p2 = self._outward(p2, 2, image_laplacian, side, grad_logits, grad_targets)
+
+        p1 = resize(p2, x1.shape[-2:]) + self.lateral_block2(x1)
+        p1 = self.decoder_block1(self._inward(x, p1, 2))
+        p1 = resize(p1, x.shape[-2:])
+        logits = self.conv_out1(self._inward(x, p1, 1))
+        return DecoderOutput(logits, side, grad_logits, grad_targets)
