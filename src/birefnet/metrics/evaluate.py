@@ -1,0 +1,327 @@
+"""Evaluate prediction folders against a ground-truth folder: file pairing, reading, parallelism.
+
+Files are paired by stem (``img_001.png`` <-> ``img_001.jpg``), read as the official evaluator
+reads them (``cv2.imread(path, cv2.IMREAD_GRAYSCALE)``: colour files become grey with OpenCV's
+weights, 16-bit files are scaled to 8 bits), and each ground truth is processed once for all
+prediction folders, so the GT-only work (skeleton, distance transform, boundary bands) is shared by
+all models. Several images are spread over worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .functional import GroundTruthInfo, prepare
+from .measures import Evaluator, parse_metrics
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Preference when one folder holds the same stem twice (the official evaluator probes .png first).
+_SUFFIX_RANK = {s: i for i, s in enumerate(IMAGE_SUFFIXES)}
+_GREY_MODES = {"L", "1", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+class EvaluationError(Exception):
+    """A problem with the user's files or folders; the message says what and how to fix it."""
+
+
+@dataclass
+class Pairing:
+    """Result of matching prediction folders to a GT folder by file stem.
+
+    Attributes:
+        names: GT file names (sorted) present in every prediction folder.
+        gt_paths: their paths.
+        pred_paths: per prediction folder, the matching prediction paths (same order).
+        missing: per prediction folder, GT names without a prediction.
+        extra: per prediction folder, prediction names without a GT.
+    """
+
+    names: list[str]
+    gt_paths: list[Path]
+    pred_paths: list[list[Path]]
+    missing: list[list[str]] = field(default_factory=list)
+    extra: list[list[str]] = field(default_factory=list)
+
+
+def list_masks(folder: str | os.PathLike) -> dict[str, Path]:
+    """Image files of a folder by stem (non-recursive; hidden files skipped).
+
+    Raises:
+        EvaluationError: if the folder does not exist or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder} is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        other = found.get(path.stem)
+        if other is not None:
+            keep = min((other, path), key=lambda p: _SUFFIX_RANK[p.suffix.lower()])
+            logger.warning("%s: both %s and %s; using %s", folder, other.name, path.name, keep.name)
+            path = keep
+        found[path.stem] = path
+    if not found:
+        raise EvaluationError(
+            f"{folder} holds no image file ({', '.join(IMAGE_SUFFIXES)}); is it the right folder?"
+        )
+    return found
+
+
+def pair_folders(pred_dirs: Sequence[str | os.PathLike], gt_dir: str | os.PathLike) -> Pairing:
+    """Match each prediction folder to the GT folder by file stem.
+
+    Only GT files present in *every* prediction folder are evaluated, so models are compared on the
+    same images; the others are reported in ``missing`` / ``extra``.
+
+    Raises:
+        EvaluationError: for a missing or empty folder, or when no file matches.
+    """
+    gts = list_masks(gt_dir)
+    preds = [list_masks(d) for d in pred_dirs]
+    common = sorted(set(gts).intersection(*[set(p) for p in preds]), key=lambda s: gts[s].name)
+    if not common:
+        example = next(iter(gts))
+        raise EvaluationError(
+            f"no prediction file matches a ground truth by name (e.g. GT {gts[example].name} in {gt_dir}); "
+            f"predictions must be named like their GT (any image extension)"
+        )
+    return Pairing(
+        names=[gts[s].name for s in common],
+        gt_paths=[gts[s] for s in common],
+        pred_paths=[[p[s] for s in common] for p in preds],
+        missing=[sorted(gts[s].name for s in set(gts) - set(p)) for p in preds],
+        extra=[sorted(p[s].name for s in set(p) - set(gts)) for p in preds],
+    )
+
+
+def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """Read a mask as the official evaluator does: ``cv2.IMREAD_GRAYSCALE`` (uint8, 0..255).
+
+    Returns:
+        (array (H, W) uint8, whether the file was colour and converted to grey).
+
+    Raises:
+        EvaluationError: if the file cannot be decoded.
+    """
+    import cv2
+
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # works with non-ASCII paths, unlike cv2.imread
+    except OSError as exc:
+        raise EvaluationError(f"cannot read {path}: {exc.strerror or exc}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if image is None:
+        raise EvaluationError(f"cannot decode {path} as an image (corrupt, empty or unsupported format)")
+    return image, _is_colour(path)
+
+
+def _is_colour(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.mode not in _GREY_MODES
+    except Exception:  # PIL cannot parse every format OpenCV reads; then we cannot tell
+        return False
+
+
+def _skeleton_cache_path(cache_dir: Path, gt: np.ndarray) -> Path:
+    digest = hashlib.sha1(gt.tobytes() + str(gt.shape).encode()).hexdigest()
+    return cache_dir / f"{digest}.npy"
+
+
+def _gt_info(gt: np.ndarray, cache_dir: Path | None, need_skeleton: bool) -> GroundTruthInfo:
+    if cache_dir is None or not need_skeleton:
+        return GroundTruthInfo(gt)
+    path = _skeleton_cache_path(cache_dir, gt)
+    if path.is_file():
+        try:
+            packed = np.load(path)
+            skeleton = np.unpackbits(packed, count=gt.size).reshape(gt.shape).astype(bool)
+            return GroundTruthInfo(gt, skeleton=skeleton)
+        except (OSError, ValueError):
+            logger.warning("ignoring unreadable skeleton cache file %s", path)
+    info = GroundTruthInfo(gt)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, np.packbits(info.skeleton.ravel()))
+    os.replace(tmp, path)
+    return info
+
+
+@dataclass
+class _Task:
+    gt_path: Path
+    pred_paths: list[Path]  # one per model (empty when the predictions are given as arrays)
+    metrics: list[str]
+    mba_empty: str
+    cache_dir: Path | None
+    preds: list[np.ndarray] | None = None
+
+
+def _run_task(task: _Task) -> tuple[list[dict], list[str]]:
+    """Records of one GT against every model's prediction, plus notes (colour files)."""
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from the process pool
+    notes: list[str] = []
+    gt, colour = read_mask(task.gt_path)
+    if colour:
+        notes.append(f"colour:{task.gt_path}")
+    info = _gt_info(gt, task.cache_dir, "HCE" in task.metrics)
+    evaluator = Evaluator(task.metrics, mba_empty=task.mba_empty)
+    records = []
+    preds = task.preds if task.preds is not None else [None] * len(task.pred_paths)
+    for i, pred in enumerate(preds):
+        if pred is None:
+            pred, colour = read_mask(task.pred_paths[i])
+            if colour:
+                notes.append(f"colour:{task.pred_paths[i]}")
+        records.append(evaluator.compute(prepare(pred, info)))
+    return records, notes
+
+
+def default_workers() -> int:
+    """Worker processes: the CPUs this process may use (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_all(tasks: list[_Task], workers: int, progress: Callable[[int], None] | None) -> list:
+    results = []
+    if workers <= 1 or len(tasks) < 2:
+        for task in tasks:
+            results.append(_run_task(task))
+            if progress:
+                progress(1)
+        return results
+    import multiprocessing
+
+    # fork where available: no re-import of the caller's main module, cheap start-up. Workers only
+    # use numpy and single-threaded OpenCV.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    chunk = max(1, min(16, len(tasks) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for res in pool.map(_run_task, tasks, chunksize=chunk):
+            results.append(res)
+            if progress:
+                progress(1)
+    return results
+
+
+def evaluate_folders(
+    pred_dirs: Sequence[str | os.PathLike],
+    gt_dir: str | os.PathLike,
+    metrics: str | Sequence[str] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    mba_empty: str = "prediction-band",
+    cache_dir: str | os.PathLike | None = None,
+    pairing: Pairing | None = None,
+) -> dict[str, dict]:
+    """Evaluate one or more prediction folders against a GT folder.
+
+    Args:
+        pred_dirs: folders of predicted masks named like the GT files (any image extension).
+        gt_dir: folder of ground-truth masks.
+        metrics: subset (see :func:`birefnet.metrics.parse_metrics`); default all. HCE is the slow one.
+        workers: processes; default: every CPU available. 1 runs in this process.
+        progress: called with 1 after each GT image (for progress bars).
+        mba_empty: mBA policy for GTs without boundary ("prediction-band" or "nan").
+        cache_dir: optional folder to cache GT skeletons in (keyed by the GT's content; never
+            written next to the data).
+        pairing: a precomputed :func:`pair_folders` result (to report unmatched files first).
+
+    Returns:
+        {model name: {"summary", "curves", "per_image", "resized", "colour"}}; the model name is the
+        folder's name (its path when names collide). See :meth:`Evaluator.results`.
+    """
+    keys = parse_metrics(metrics)
+    pairing = pairing or pair_folders(pred_dirs, gt_dir)
+    names = model_names(pred_dirs)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    tasks = [
+        _Task(gt, [paths[i] for paths in pairing.pred_paths], keys, mba_empty, cache)
+        for i, gt in enumerate(pairing.gt_paths)
+    ]
+    outputs = _run_all(tasks, default_workers() if workers is None else workers, progress)
+    return _collect(names, pairing.names, outputs, keys, mba_empty)
+
+
+def evaluate_arrays(
+    preds: Sequence[np.ndarray],
+    gt_paths: Sequence[str | os.PathLike],
+    model_name: str = "model",
+    metrics: str | Sequence[str] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    mba_empty: str = "prediction-band",
+) -> dict[str, dict]:
+    """Like :func:`evaluate_folders` for predictions held in memory (one model).
+
+    Args:
+        preds: per GT file, the prediction as uint8 (H, W) or float [0, 1] (quantised by truncation).
+        gt_paths: the GT files, same order.
+    """
+    keys = parse_metrics(metrics)
+    tasks = [_Task(Path(g), [], keys, mba_empty, None, preds=[p]) for p, g in zip(preds, gt_paths)]
+    outputs = _run_all(tasks, default_workers() if workers is None else workers, progress)
+    return _collect([model_name], [Path(g).name for g in gt_paths], outputs, keys, mba_empty)
+
+
+def model_names(pred_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """Display names of prediction folders: the folder name, with as many parent folders as it
+    takes to tell colliding names apart (``a/pred``, ``b/pred``)."""
+    parts = [Path(d).resolve().parts for d in pred_dirs]
+    depth = 1
+    while True:
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            return names
+        depth += 1
+
+
+def _collect(models: list[str], names: list[str], outputs: list, keys: list[str], mba_empty: str) -> dict:
+    results = {}
+    notes = sorted({n for _, ns in outputs for n in ns})
+    colour = [n.split(":", 1)[1] for n in notes if n.startswith("colour:")]
+    if colour:
+        logger.warning(
+            "%d colour image(s) converted to grey with cv2.IMREAD_GRAYSCALE as the official evaluator does "
+            "(e.g. %s)",
+            len(colour),
+            colour[0],
+        )
+    for m, model in enumerate(models):
+        ev = Evaluator(keys, mba_empty=mba_empty)
+        for name, (records, _) in zip(names, outputs):
+            ev.add(records[m], name)
+        res = ev.results()
+        res["resized"] = list(ev.resized)
+        res["colour"] = colour
+        if ev.resized:
+            logger.warning(
+                "%s: %d prediction(s) differ in size from their GT and were resized to it (bilinear, as "
+                "the official evaluator does), e.g. %s",
+                model,
+                len(ev.resized),
+                ev.resized[0],
+            )
+        results[model] = res
+    return results

@@ -1,0 +1,827 @@
+"""The official DIS / SOD metrics as pure functions, computed the fast way with the same numbers.
+
+Conventions (the official evaluator's, ``evaluation/metrics.py`` of the BiRefNet repository, which
+derives from PySODMetrics and the IS-Net HCE code):
+
+* ``pred`` and ``gt`` are (H, W) uint8 masks in 0..255, as ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)``
+  gives them. :func:`prepare` accepts bool and float [0, 1] arrays too (floats are quantised by
+  truncating ``p * 255``, which is how the official inference script saves predictions).
+* A prediction of another size is resized to the GT size with ``cv2.resize`` (bilinear), as the
+  official evaluator does.
+* Foreground of the GT is ``gt > 128``. For S, E, F, wF, MAE, MSE and BIoU the prediction is divided
+  by 255 and min-max normalised per image (unless constant); HCE and mBA threshold the raw
+  prediction at ``> 128``.
+* Curves have 256 entries in the official order: index ``i`` is the threshold ``255 - i`` (on the
+  normalised prediction quantised back to uint8), so index 0 is the strictest threshold.
+
+Everything that only depends on the pixel values is computed from histograms of the 256 grey
+levels (exact integer counts), so S, E, F, MAE and MSE cost one pass over the image; wF, HCE, mBA
+and BIoU use OpenCV morphology and a few vectorised look-ups. The results equal the official
+evaluator's to floating-point rounding (~1e-15), including its tie-breaking and special cases;
+``_reference.py`` holds a literal implementation that the tests compare against.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import cv2
+import numpy as np
+
+from .skeleton import skeletonize
+
+logger = logging.getLogger(__name__)
+
+EPS = float(np.spacing(1))  # the official evaluator's _EPS (MATLAB's eps)
+BETA2 = 0.3  # beta^2 of the F-measure
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)  # skimage disk(1)
+_LEVELS = np.arange(256, dtype=np.float64)
+_CALCHIST_LIMIT = 1 << 24  # cv2.calcHist counts in float32: exact below 2**24 pixels
+
+
+class MaskError(ValueError):
+    """An array that cannot be read as a mask (wrong shape, dtype or range)."""
+
+
+def as_uint8_mask(array: np.ndarray, name: str = "mask") -> np.ndarray:
+    """Convert a mask to the (H, W) uint8 0..255 form the official evaluator reads.
+
+    Args:
+        array: (H, W) uint8 (returned as is), bool (0/255), float in [0, 1] (``trunc(p * 255)``,
+            the official way of saving predictions) or integer in [0, 255].
+        name: used in error messages ("pred", "gt").
+
+    Raises:
+        MaskError: for other shapes, NaNs, or values out of range.
+    """
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim != 2:
+        raise MaskError(
+            f"{name} must be a single-channel (H, W) mask, got shape {a.shape}; convert colour images "
+            f"to grey first (cv2.imread(path, cv2.IMREAD_GRAYSCALE) as the official evaluator does)"
+        )
+    if a.size == 0:
+        raise MaskError(f"{name} is empty (shape {a.shape})")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * np.uint8(255)
+    if np.issubdtype(a.dtype, np.floating):
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if np.isnan(a).any() or lo < 0 or hi > 1:
+            raise MaskError(
+                f"{name} is float with values in [{lo}, {hi}]{' and NaNs' if np.isnan(a).any() else ''}; "
+                f"float masks must be probabilities in [0, 1] (or pass uint8 0..255)"
+            )
+        return (a * 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise MaskError(f"{name} has integer values in [{lo}, {hi}]; expected 0..255 (8-bit masks)")
+        return a.astype(np.uint8)
+    raise MaskError(f"{name} has unsupported dtype {a.dtype}; pass uint8, bool or float in [0, 1]")
+
+
+def _hist(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Counts of the 256 grey levels of a uint8 (view of an) image, optionally under a 0/1 mask."""
+    if values.size == 0:
+        return np.zeros(256, dtype=np.int64)
+    if values.size < _CALCHIST_LIMIT:
+        h = cv2.calcHist([values], [0], mask, [256], [0, 256])
+        return h.ravel().astype(np.int64)
+    v = values if mask is None else values[mask.astype(bool)]
+    return np.bincount(v.ravel(), minlength=256).astype(np.int64)
+
+
+class GroundTruthInfo:
+    """Everything derived from a ground truth alone, computed lazily and reusable across predictions.
+
+    Evaluating several models (or epochs) against the same GT computes the skeleton, distance
+    transform, wF neighbourhood and mBA bands once. ``birefnet.metrics.evaluate`` does this per GT
+    file; pass the same object to :func:`prepare` to share it yourself.
+
+    Args:
+        gt: (H, W) uint8 ground truth (foreground ``> 128``).
+        skeleton: optional precomputed (H, W) bool skeleton of ``gt > 128`` (e.g. from a cache).
+    """
+
+    def __init__(self, gt: np.ndarray, skeleton: np.ndarray | None = None) -> None:
+        self.gt = gt
+        if skeleton is not None:
+            if skeleton.shape != gt.shape:
+                raise MaskError(f"skeleton shape {skeleton.shape} differs from the GT's {gt.shape}")
+            self.__dict__["skeleton"] = np.asarray(skeleton, dtype=bool)
+        self._bands: dict[int, np.ndarray] = {}
+
+    @cached_property
+    def fg(self) -> np.ndarray:
+        """(H, W) bool GT foreground, ``gt > 128``."""
+        return self.gt > 128
+
+    @cached_property
+    def fg8(self) -> np.ndarray:
+        """(H, W) uint8 0/1 GT foreground (OpenCV masks and morphology)."""
+        return self.fg.view(np.uint8)
+
+    @cached_property
+    def n_fg(self) -> int:
+        return int(cv2.countNonZero(self.fg8))
+
+    @cached_property
+    def skeleton(self) -> np.ndarray:
+        """(H, W) bool Zhang-Suen skeleton of the GT (identical to scikit-image's)."""
+        return skeletonize(self.fg)
+
+    @cached_property
+    def distance_sq(self) -> np.ndarray:
+        """(H, W) int32 exact squared distance to the GT, clamped at 266^2 (see :func:`gt_distance_sq`)."""
+        return gt_distance_sq(self.fg)
+
+    @cached_property
+    def ring(self) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        return _gt_ring(self.fg8)
+
+    def band(self, radius: int) -> np.ndarray:
+        """(H, W) uint8 mBA band: morphological gradient of the GT with an elliptical kernel."""
+        if radius not in self._bands:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+            self._bands[radius] = cv2.morphologyEx(self.fg8, cv2.MORPH_GRADIENT, kernel)
+        return self._bands[radius]
+
+    @cached_property
+    def biou_boundary(self) -> np.ndarray:
+        """(H, W) uint8 0/1 GT boundary of the boundary IoU."""
+        h, w = self.gt.shape
+        return (_mask_boundary(self.fg8 * np.uint8(255), biou_dilation(h, w)) > 128).view(np.uint8)
+
+
+@dataclass
+class PreparedPair:
+    """One (pred, gt) pair with what every metric shares, computed once.
+
+    Attributes:
+        pred: (H, W) uint8 raw prediction, already at the GT size.
+        info: the ground truth and what derives from it (:class:`GroundTruthInfo`).
+        resized: whether ``pred`` had to be resized to the GT size.
+    """
+
+    pred: np.ndarray
+    info: GroundTruthInfo
+    resized: bool = False
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def gt(self) -> np.ndarray:
+        return self.info.gt
+
+    @property
+    def fg(self) -> np.ndarray:
+        return self.info.fg
+
+    @property
+    def fg8(self) -> np.ndarray:
+        return self.info.fg8
+
+    @property
+    def n_fg(self) -> int:
+        return self.info.n_fg
+
+    @property
+    def size(self) -> int:
+        return self.info.gt.size
+
+    @cached_property
+    def hist_all(self) -> np.ndarray:
+        """(256,) int64 counts of each raw prediction level over the image."""
+        return _hist(self.pred)
+
+    @cached_property
+    def hist_fg(self) -> np.ndarray:
+        """(256,) int64 counts of each raw prediction level inside the GT foreground."""
+        if self.n_fg == 0:
+            return np.zeros(256, dtype=np.int64)
+        if self.n_fg == self.size:
+            return self.hist_all
+        return _hist(self.pred, self.fg8)
+
+    @cached_property
+    def hist_bg(self) -> np.ndarray:
+        return self.hist_all - self.hist_fg
+
+    @cached_property
+    def lut(self) -> np.ndarray:
+        """(256,) float64: the official normalised prediction value of each raw level.
+
+        ``pred / 255`` then ``(pred - min) / (max - min)`` unless the prediction is constant,
+        evaluated on the 256 levels with the same float operations as on the image, so the values
+        are bit-identical.
+        """
+        present = np.flatnonzero(self.hist_all)
+        scaled = _LEVELS / 255
+        lo, hi = scaled[present[0]], scaled[present[-1]]
+        if hi != lo:
+            return (scaled - lo) / (hi - lo)
+        return scaled
+
+    @cached_property
+    def quantised(self) -> np.ndarray:
+        """(256,) uint8: ``(normalised * 255).astype(uint8)`` of each raw level (the curves' bins)."""
+        return (self.lut * 255).astype(np.uint8)
+
+    @cached_property
+    def normalised(self) -> np.ndarray:
+        """(H, W) float64 normalised prediction (only built where exact float sums are needed)."""
+        return self.lut[self.pred]
+
+    @cached_property
+    def mean(self) -> float:
+        """Mean of the normalised prediction (numpy's summation order when it could matter)."""
+        return float(self.normalised.mean())
+
+    def adaptive_selection(self) -> np.ndarray:
+        """(256,) bool: raw levels whose normalised value is >= the official adaptive threshold.
+
+        The threshold is ``min(2 * mean, 1)``. The mean is first taken from the histogram; only when
+        a grey level lies within 1e-9 of the threshold (where the last bit of the sum could flip a
+        comparison) is numpy's own mean of the full image used, as the official code computes it.
+        """
+        if "adaptive" in self._cache:
+            return self._cache["adaptive"]
+        present = self.hist_all > 0
+        approx = math.fsum(self.hist_all[present] * self.lut[present]) / self.size
+        thr = min(2 * approx, 1)
+        if np.any(np.abs(self.lut[present] - thr) < 1e-9):
+            thr = min(2 * self.mean, 1)
+        sel = self.lut >= thr
+        self._cache["adaptive"] = sel
+        return sel
+
+    def quantised_hists(self) -> tuple[np.ndarray, np.ndarray]:
+        """(fg, bg) int64 counts of the quantised normalised prediction (256 bins)."""
+        if "qh" not in self._cache:
+            q = self.quantised
+            fg = np.bincount(q, weights=self.hist_fg, minlength=256).astype(np.int64)
+            bg = np.bincount(q, weights=self.hist_bg, minlength=256).astype(np.int64)
+            self._cache["qh"] = (fg, bg)
+        return self._cache["qh"]
+
+
+def prepare(pred: np.ndarray, gt: np.ndarray | GroundTruthInfo) -> PreparedPair:
+    """Validate a (pred, gt) pair and resize the prediction to the GT size if needed.
+
+    Args:
+        pred: (h, w) prediction; see :func:`as_uint8_mask` for the accepted forms.
+        gt: (H, W) ground truth, same forms, or a :class:`GroundTruthInfo` to reuse what was
+            derived from it. RGB arrays are rejected here; the file reader in :mod:`.evaluate`
+            converts colour files to grey as the official evaluator does.
+
+    Returns:
+        The :class:`PreparedPair`; ``resized`` tells whether the prediction was resized (bilinear,
+        ``cv2.resize`` as the official evaluator, which does it silently).
+    """
+    info = (
+        gt
+        if isinstance(gt, GroundTruthInfo)
+        else GroundTruthInfo(np.ascontiguousarray(as_uint8_mask(gt, "gt")))
+    )
+    p = as_uint8_mask(pred, "pred")
+    g = info.gt
+    resized = p.shape != g.shape
+    if resized:
+        p = cv2.resize(p, (g.shape[1], g.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return PreparedPair(np.ascontiguousarray(p), info, resized)
+
+
+# ----------------------------------------------------------------------------------------------
+# F-measure, E-measure, MAE, MSE (histogram based)
+# ----------------------------------------------------------------------------------------------
+
+
+def _cumulative(hist: np.ndarray) -> np.ndarray:
+    """Counts of values >= 255 - i for i = 0..255 (the official flip + cumsum)."""
+    return np.cumsum(hist[::-1])
+
+
+def fmeasure_curves(pair: PreparedPair, beta2: float = BETA2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F-measure curves of one image.
+
+    Returns:
+        Three (256,) float64 arrays; index ``i`` is the threshold ``pred_quantised >= 255 - i``.
+    """
+    fg, bg = pair.quantised_hists()
+    tp = _cumulative(fg)
+    ps = tp + _cumulative(bg)
+    ps[ps == 0] = 1
+    t = max(pair.n_fg, 1)
+    precision = tp / ps
+    recall = tp / t
+    num = (1 + beta2) * precision * recall
+    den = np.where(num == 0, 1, beta2 * precision + recall)
+    return precision, recall, num / den
+
+
+def fmeasure_adaptive(pair: PreparedPair, beta2: float = BETA2) -> float:
+    """F-measure at the adaptive threshold ``min(2 * mean(pred), 1)``."""
+    sel = pair.adaptive_selection()
+    inter = int(pair.hist_fg[sel].sum())
+    if inter == 0:
+        return 0.0
+    pre = inter / int(pair.hist_all[sel].sum())
+    rec = inter / pair.n_fg
+    return float((1 + beta2) * pre * rec / (beta2 * pre + rec))
+
+
+def _enhanced_alignment_sum(fg_fg, fg_bg, n_fg: int, size: int):
+    """Sum of the enhanced-alignment matrix from the four confusion counts (scalars or arrays)."""
+    pred_fg = fg_fg + fg_bg
+    pred_bg = size - pred_fg
+    if n_fg == 0:
+        return pred_bg
+    if n_fg == size:
+        return pred_fg
+    bg_fg = n_fg - fg_fg
+    bg_bg = pred_bg - bg_fg
+    mean_pred = pred_fg / size
+    mean_gt = n_fg / size
+    total = 0
+    for count, a, b in (
+        (fg_fg, 1 - mean_pred, 1 - mean_gt),
+        (fg_bg, 1 - mean_pred, 0 - mean_gt),
+        (bg_fg, 0 - mean_pred, 1 - mean_gt),
+        (bg_bg, 0 - mean_pred, 0 - mean_gt),
+    ):
+        align = 2 * (a * b) / (a**2 + b**2 + EPS)
+        total = total + (align + 1) ** 2 / 4 * count
+    return total
+
+
+def emeasure_curve(pair: PreparedPair) -> np.ndarray:
+    """(256,) E-measure curve (enhanced alignment, Fan et al. 2018), official threshold order."""
+    fg, bg = pair.quantised_hists()
+    s = _enhanced_alignment_sum(_cumulative(fg), _cumulative(bg), pair.n_fg, pair.size)
+    return np.asarray(s, dtype=np.float64) / (pair.size - 1 + EPS)
+
+
+def emeasure_adaptive(pair: PreparedPair) -> float:
+    """E-measure at the adaptive threshold."""
+    sel = pair.adaptive_selection()
+    fg_fg = int(pair.hist_fg[sel].sum())
+    fg_bg = int(pair.hist_bg[sel].sum())
+    return float(_enhanced_alignment_sum(fg_fg, fg_bg, pair.n_fg, pair.size) / (pair.size - 1 + EPS))
+
+
+def mae(pair: PreparedPair) -> float:
+    """Mean absolute error between the normalised prediction and the binary GT."""
+    err = np.dot(pair.hist_fg, np.abs(pair.lut - 1)) + np.dot(pair.hist_bg, pair.lut)
+    return float(err / pair.size)
+
+
+def mse(pair: PreparedPair) -> float:
+    """Mean squared error between the normalised prediction and the binary GT."""
+    err = np.dot(pair.hist_fg, (pair.lut - 1) ** 2) + np.dot(pair.hist_bg, pair.lut**2)
+    return float(err / pair.size)
+
+
+# ----------------------------------------------------------------------------------------------
+# S-measure
+# ----------------------------------------------------------------------------------------------
+
+
+def _object_score(hist: np.ndarray, values: np.ndarray) -> np.float64:
+    """2x / (x^2 + 1 + std + eps) of the values under a region (std with ddof=1)."""
+    n = hist.sum()
+    present = hist > 0
+    h, v = hist[present], values[present]
+    with np.errstate(all="ignore"):
+        mean = np.float64(math.fsum(h * v)) / n
+        std = np.sqrt(np.float64(math.fsum(h * (v - mean) ** 2)) / np.float64(n - 1))
+        return 2 * mean / (mean**2 + 1 + std + EPS)
+
+
+def _region_mean(pair: PreparedPair, rows: slice, cols: slice, hist: np.ndarray, n: int) -> np.float64:
+    """Mean of the normalised prediction over a quadrant, rounded as numpy rounds it.
+
+    Only matters for a constant quadrant, where the official SSIM tests the variance for exact 0:
+    there the same numpy reduction is run on an array of the same shape and strides.
+    """
+    present = np.flatnonzero(hist)
+    if present.size == 1:
+        value = pair.lut[present[0]]
+        full = np.full((rows.stop - rows.start, pair.gt.shape[1]), value)
+        return np.float64(full[:, cols].mean())
+    return np.float64(math.fsum(hist[present] * pair.lut[present])) / n
+
+
+def _ssim(pair: PreparedPair, rows: slice, cols: slice) -> np.float64:
+    h = rows.stop - rows.start
+    w = cols.stop - cols.start
+    n = h * w
+    with np.errstate(all="ignore"):
+        if n == 0:  # official: mean of an empty slice is NaN, which makes the S-measure 0
+            return np.float64(np.nan)
+        pv = pair.pred[rows, cols]
+        hist_all = _hist(pv)
+        hist_fg = _hist(pv, pair.fg8[rows, cols])
+        hist_bg = hist_all - hist_fg
+        n_fg = int(hist_fg.sum())
+        x = _region_mean(pair, rows, cols, hist_all, n)
+        y = np.float64(n_fg) / n
+        dx = pair.lut - x
+        present = hist_all > 0
+        sx = np.float64(math.fsum(hist_all[present] * dx[present] ** 2)) / np.float64(n - 1)
+        sy = np.float64(n_fg * (1 - y) ** 2 + (n - n_fg) * y**2) / np.float64(n - 1)
+        sxy = np.float64(math.fsum(hist_fg * dx * (1 - y)) + math.fsum(hist_bg * dx * (0 - y))) / np.float64(
+            n - 1
+        )
+        alpha = 4 * x * y * sxy
+        beta = (x**2 + y**2) * (sx + sy)
+        if alpha != 0:
+            return alpha / (beta + EPS)
+        if beta == 0:
+            return np.float64(1.0)
+        return np.float64(0.0)
+
+
+def smeasure(pair: PreparedPair, alpha: float = 0.5) -> float:
+    """Structure measure (Fan et al. 2017): object- and region-aware similarity, in [0, 1]."""
+    size, n_fg = pair.size, pair.n_fg
+    if n_fg == 0:
+        return float(1 - pair.mean)
+    if n_fg == size:
+        return float(pair.mean)
+    u = n_fg / size
+    obj = u * _object_score(pair.hist_fg, pair.lut) + (1 - u) * _object_score(pair.hist_bg, 1 - pair.lut)
+    # Region term: split at the GT centroid (rounded half to even, +1, as the official code).
+    height, width = pair.gt.shape
+    row_counts = np.count_nonzero(pair.fg, axis=1)
+    col_counts = np.count_nonzero(pair.fg, axis=0)
+    cy = int(np.round(np.dot(row_counts, np.arange(height)) / n_fg)) + 1
+    cx = int(np.round(np.dot(col_counts, np.arange(width)) / n_fg)) + 1
+    area = height * width
+    w1 = cx * cy / area
+    w2 = cy * (width - cx) / area
+    w3 = (height - cy) * cx / area
+    w4 = 1 - w1 - w2 - w3
+    top, bottom = slice(0, cy), slice(cy, height)
+    left, right = slice(0, cx), slice(cx, width)
+    with np.errstate(all="ignore"):
+        region = (
+            w1 * _ssim(pair, top, left)
+            + w2 * _ssim(pair, top, right)
+            + w3 * _ssim(pair, bottom, left)
+            + w4 * _ssim(pair, bottom, right)
+        )
+        sm = alpha * obj + (1 - alpha) * region
+    # max(0, nan) is 0 in Python: the official value for the degenerate cases (a one-pixel object,
+    # an empty quadrant) that make the formula NaN.
+    return float(max(0, sm))
+
+
+# ----------------------------------------------------------------------------------------------
+# Weighted F-measure
+# ----------------------------------------------------------------------------------------------
+
+
+def _gaussian_1d(size: int = 7, sigma: float = 5.0) -> np.ndarray:
+    """1-D factor of MATLAB's fspecial('gaussian', [size size], sigma) (the official kernel).
+
+    The official 2-D kernel exp(-(x^2 + y^2) / (2 sigma^2)) / sum is the outer product of this
+    normalised 1-D kernel with itself up to rounding (1e-16), and no entry is small enough for
+    MATLAB's eps cut-off at this size, so the separable filter gives the same EA.
+    """
+    r = (size - 1) / 2
+    x = np.arange(-r, r + 1)
+    k = np.exp(-(x * x) / (2 * sigma * sigma))
+    return (k / k.sum()).reshape(-1, 1)
+
+
+_GAUSS_1D = _gaussian_1d()
+
+
+def _ring_offsets(layer: int) -> list[tuple[int, int]]:
+    """Where the nearest GT pixel of a background pixel at chessboard distance ``layer`` can be.
+
+    Offsets (dy, dx) with chessboard length >= layer and squared length <= 2 layer^2, sorted the
+    way scipy's exact feature transform breaks ties among equally near pixels: squared distance,
+    then column, then row.
+    """
+    span = range(-2 * layer, 2 * layer + 1)
+    offs = [
+        (dy, dx)
+        for dy in span
+        for dx in span
+        if max(abs(dy), abs(dx)) >= layer and dy * dy + dx * dx <= 2 * layer * layer
+    ]
+    return sorted(offs, key=lambda o: (o[0] ** 2 + o[1] ** 2, o[1], o[0]))
+
+
+_RING_OFFSETS = {k: _ring_offsets(k) for k in (1, 2, 3)}
+
+
+_LOG_HALF_FIFTH = np.log(0.5) / 5
+# Background importance 2 - 0.5^(d/5) by squared distance d^2 = 0, 1, 2, ...; from d = 266 on it is
+# 2.0 exactly in float64, so the table stops there and larger d^2 are clamped to its last entry.
+_FAR = 266 * 266
+
+
+@functools.lru_cache(maxsize=1)
+def _importance_table() -> np.ndarray:
+    d = np.sqrt(np.arange(_FAR + 1, dtype=np.float64))
+    table = 2 - np.exp(_LOG_HALF_FIFTH * d)
+    assert table[-1] == 2.0
+    return table
+
+
+def gt_distance_sq(fg: np.ndarray) -> np.ndarray:
+    """(H, W) int32 exact squared Euclidean distance of each pixel to the GT (0 on the GT).
+
+    OpenCV's exact (Felzenszwalb) distance transform returns float32 distances; squared distances
+    are integers, so rounding the square recovers them exactly (below 2000 px, far beyond where
+    the wF weights stop changing).
+    """
+    dist = cv2.distanceTransform(np.logical_not(fg).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    np.multiply(dist, dist, out=dist)
+    return np.minimum(np.rint(dist), _FAR).astype(np.int32)
+
+
+def _gt_ring(fg8: np.ndarray, pad: int = 4) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Background pixels within chessboard distance 3 of the GT and their nearest GT pixel.
+
+    Returns the padded 0/1 GT, and per layer k = 1, 2, 3 the flat indices (padded frame) of the
+    layer's pixels and of their nearest GT pixel (Euclidean, scipy's tie-breaking).
+    """
+    fgp = cv2.copyMakeBorder(fg8, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    kernel = np.ones((3, 3), np.uint8)
+    grown = [fgp]
+    for _ in range(3):
+        grown.append(cv2.dilate(grown[-1], kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0))
+    inside = np.zeros(fgp.shape, dtype=np.uint8)
+    inside[pad:-pad, pad:-pad] = 1
+    width = fgp.shape[1]
+    fg_flat = fgp.ravel()
+    layers, nearest = [], []
+    for k in (1, 2, 3):
+        idx = np.flatnonzero(cv2.bitwise_and(cv2.subtract(grown[k], grown[k - 1]), inside))
+        src = np.empty(idx.size, dtype=np.intp)
+        todo = np.arange(idx.size)
+        for dy, dx in _RING_OFFSETS[k]:
+            if todo.size == 0:
+                break
+            at = idx[todo] + (dy * width + dx)
+            hit = fg_flat[at] != 0
+            src[todo[hit]] = at[hit]
+            todo = todo[~hit]
+        layers.append(idx)
+        nearest.append(src)
+    return fgp, layers, nearest
+
+
+def weighted_fmeasure(pair: PreparedPair, beta: float = 1.0) -> float:
+    """Weighted F-measure (Margolin et al. 2014) with the official settings (beta = 1).
+
+    Exact re-statement of the official computation, restricted to where it matters: the error is
+    propagated from the nearest GT pixel only to the background pixels the 7x7 Gaussian reaches
+    from the GT, and the background importance weights come from the exact squared distance to the
+    GT (:func:`gt_distance_sq`) through a table. Both only depend on the GT (cached in ``pair.info``).
+    """
+    if pair.n_fg == 0:
+        return 0.0
+    info = pair.info
+    fg = pair.fg
+    pad = 4
+    # E = |pred - gt|: p on the background, 1 - p on the GT (|p - 1| == fl(1 - p) exactly).
+    lut = pair.lut
+    err_p = cv2.copyMakeBorder(cv2.LUT(pair.pred, lut), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    err_fg = cv2.copyMakeBorder(cv2.LUT(pair.pred, 1 - lut), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    fgp, layers, nearest = info.ring
+    np.copyto(err_p, err_fg, where=fgp.view(bool))
+    err = err_p
+    # Et: on background pixels near the GT, the error of their nearest GT pixel.
+    et = err.copy()
+    et_flat, err_flat = et.ravel(), err.ravel()
+    for idx, src in zip(layers, nearest):
+        et_flat[idx] = err_flat[src]
+    # EA = Et (*) K, zero padding (the 4-px zero frame plays the border); only needed on the GT.
+    ea = cv2.sepFilter2D(et, cv2.CV_64F, _GAUSS_1D, _GAUSS_1D, borderType=cv2.BORDER_CONSTANT)
+    inner = (slice(pad, -pad), slice(pad, -pad))
+    e_fg = err[inner][fg]
+    ea_fg = ea[inner][fg]
+    min_e_ea = np.minimum(ea_fg, e_fg)
+    tpw = pair.n_fg - np.sum(min_e_ea)
+    # FPw = sum over the background of E * (2 - 0.5^(d/5)), by grey level.
+    bg_levels = pair.pred[~fg]
+    weights = _importance_table()[info.distance_sq[~fg]]
+    per_level = np.bincount(bg_levels, weights=weights, minlength=256)
+    fpw = float(np.dot(per_level, lut))
+    r = 1 - np.mean(min_e_ea)
+    precision = tpw / (tpw + fpw + EPS)
+    return float((1 + beta) * r * precision / (r + beta * precision + EPS))
+
+
+# ----------------------------------------------------------------------------------------------
+# HCE (human correction efforts, IS-Net / DIS5K)
+# ----------------------------------------------------------------------------------------------
+
+
+def _runs(contours, cond_flat: np.ndarray, width: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The official boundary filter, vectorised.
+
+    Walks every contour point in order, keeps those on ``cond`` not kept before, splits each contour
+    into maximal runs of kept points, and joins the last run to the reversed first one when their
+    ends touch (8-neighbours). Returns the runs (int64 (n, 1, 2) x/y arrays, as the official code
+    builds them) and the flat indices of the kept points.
+    """
+    if not contours:
+        return [], np.empty(0, dtype=np.intp)
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.intp, count=len(contours))
+    pts = np.concatenate(contours).reshape(-1, 2)
+    lin = pts[:, 1].astype(np.intp) * width + pts[:, 0]
+    on = cond_flat[lin] != 0
+    first = np.zeros(lin.size, dtype=bool)
+    _, first_idx = np.unique(lin, return_index=True)
+    first[first_idx] = True
+    kept = on & first
+    runs: list[np.ndarray] = []
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    # Run boundaries: a kept point starts a run if it opens its contour or follows a dropped point.
+    prev = np.concatenate([[False], kept[:-1]])
+    prev[starts[:-1]] = False
+    run_start = np.flatnonzero(kept & ~prev)
+    nxt = np.concatenate([kept[1:], [False]])
+    nxt[starts[1:] - 1] = False
+    run_end = np.flatnonzero(kept & ~nxt) + 1
+    contour_of = np.searchsorted(starts, run_start, side="right") - 1
+    pts64 = pts.astype(np.int64)
+    i = 0
+    n = run_start.size
+    while i < n:
+        j = i
+        while j + 1 < n and contour_of[j + 1] == contour_of[i]:
+            j += 1
+        pieces = [pts64[run_start[k] : run_end[k]] for k in range(i, j + 1)]
+        if len(pieces) > 1:
+            fx, fy = pieces[0][0]
+            lx, ly = pieces[-1][-1]
+            if max(abs(fx - lx), abs(fy - ly)) == 1:
+                pieces[-1] = np.concatenate([pieces[-1], pieces[0][::-1]])
+                pieces = pieces[1:]
+        runs.extend(p[:, None, :] for p in pieces)
+        i = j + 1
+    return runs, lin[kept]
+
+
+def _polygon_points(runs: list[np.ndarray], epsilon: float) -> int:
+    total = 0
+    for r in runs:
+        total += len(r) if len(r) <= 2 else len(cv2.approxPolyDP(r, epsilon, False))
+    return total
+
+
+def _independent_regions(mask: np.ndarray, kept: np.ndarray) -> int:
+    """Connected regions (8-connectivity) of ``mask`` with no kept boundary point."""
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    if n <= 1:
+        return 0
+    touched = np.zeros(n, dtype=bool)
+    touched[labels.ravel()[kept]] = True
+    return int(np.count_nonzero(~touched[1:]))
+
+
+def hce(pair: PreparedPair, skeleton: np.ndarray | None = None, relax: int = 5, epsilon: float = 2.0) -> int:
+    """Human correction efforts (IS-Net, Qin et al. 2022): mouse clicks to fix the prediction.
+
+    Polygon control points (Ramer-Douglas-Peucker, ``epsilon``) along the false-positive and
+    false-negative boundaries that need correcting, plus the independent regions to add or remove,
+    after relaxing ``relax`` pixels of boundary tolerance; thin GT structures (the skeleton) that
+    the prediction misses always count. Binarises the raw masks at ``> 128``.
+
+    Args:
+        pair: the prepared pair.
+        skeleton: (H, W) bool skeleton of ``gt > 128`` to use instead of ``pair.info.skeleton``.
+    """
+    g = pair.fg8
+    p = (pair.pred > 128).view(np.uint8)
+    tp = cv2.bitwise_and(g, p)
+    fp = cv2.subtract(p, tp)
+    fn = cv2.subtract(g, tp)
+    union = cv2.bitwise_or(g, p)
+    union_erode = cv2.erode(union, _CROSS, iterations=relax)
+    not_tp_fn = cv2.bitwise_xor(cv2.bitwise_or(tp, fn), 1)
+    not_tp_fp = cv2.bitwise_xor(cv2.bitwise_or(tp, fp), 1)
+
+    fp_ = cv2.bitwise_and(fp, union_erode)
+    for _ in range(relax):
+        fp_ = cv2.bitwise_and(cv2.dilate(fp_, _CROSS), not_tp_fn)
+    fp_ = cv2.bitwise_and(fp, fp_)
+
+    fn_ = cv2.bitwise_and(fn, union_erode)
+    for _ in range(relax):
+        fn_ = cv2.bitwise_and(cv2.dilate(fn_, _CROSS), not_tp_fp)
+    fn_ = cv2.bitwise_and(fn, fn_)
+    if cv2.countNonZero(fn):
+        ske = pair.info.skeleton if skeleton is None else np.asarray(skeleton, dtype=bool)
+        # skeleton pixels the prediction misses (official: xor(ske, ske & tp))
+        fn_ = cv2.bitwise_or(fn_, cv2.bitwise_and(ske.view(np.uint8), cv2.bitwise_xor(tp, 1)))
+
+    width = g.shape[1]
+    ctr_fp, _ = cv2.findContours(fp_, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    cond_fp = cv2.dilate(cv2.bitwise_or(tp, fn_), _CROSS)
+    runs_fp, kept_fp = _runs(ctr_fp, cond_fp.ravel(), width)
+    ctr_fn, _ = cv2.findContours(fn_, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    cond_fn = cv2.dilate(cv2.bitwise_xor(cv2.bitwise_or(cv2.bitwise_or(tp, fp_), fn_), 1), _CROSS)
+    runs_fn, kept_fn = _runs(ctr_fn, cond_fn.ravel(), width)
+    return (
+        _polygon_points(runs_fp, epsilon)
+        + _independent_regions(fp_, kept_fp)
+        + _polygon_points(runs_fn, epsilon)
+        + _independent_regions(fn_, kept_fn)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# mBA and boundary IoU
+# ----------------------------------------------------------------------------------------------
+
+
+def mba_radii(height: int, width: int) -> list[int]:
+    """The five band radii of the mean boundary accuracy for an image size."""
+    max_radius = (width + height) / 300
+    return [1 + int((max_radius - 1) / 5 * i) for i in range(5)]
+
+
+def mba(pair: PreparedPair, empty: str = "prediction-band") -> float:
+    """Mean boundary accuracy (CascadePSP): pixel accuracy in bands around the GT boundary.
+
+    Five bands (morphological gradient of the GT with elliptical kernels, radii from
+    :func:`mba_radii`), accuracy of ``pred > 128`` against ``gt > 128`` inside each, averaged.
+
+    Args:
+        empty: what to do when the GT has no boundary (empty or all foreground), where the official
+            formula is 0/0 = NaN. ``"prediction-band"`` (default): use the bands around the
+            *prediction's* boundary instead, i.e. the fraction of the prediction's boundary region
+            that is correct (0 for a spurious object, 1 for none); if the prediction has no boundary
+            either, 1.0 when it equals the GT (both empty or both full) and 0.0 otherwise. ``"nan"``:
+            the official NaN.
+    """
+    g = pair.fg8
+    p = (pair.pred > 128).view(np.uint8)
+    wrong = cv2.bitwise_xor(g, p)
+    height, width = g.shape
+    accs: dict[int, float] = {}
+    total = 0.0
+    for r in mba_radii(height, width):
+        if r not in accs:
+            band = pair.info.band(r)
+            n = cv2.countNonZero(band)
+            if n == 0:
+                if empty == "nan":
+                    return float("nan")
+                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+                band = cv2.morphologyEx(p, cv2.MORPH_GRADIENT, kernel)
+                n = cv2.countNonZero(band)
+                if n == 0:
+                    accs[r] = 1.0 if cv2.countNonZero(wrong) == 0 else 0.0
+                    total += accs[r]
+                    continue
+            bad = cv2.countNonZero(cv2.bitwise_and(band, wrong))
+            accs[r] = np.float64(n - bad) / np.float64(n)
+        total += accs[r]
+    return float(total / 5)
+
+
+def _mask_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
+    """mask - erode(mask) with a 3x3 square ``dilation`` times (image border counts as outside)."""
+    h, w = mask.shape
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=dilation)[1 : h + 1, 1 : w + 1]
+    return cv2.subtract(mask, eroded)
+
+
+def biou_dilation(height: int, width: int, ratio: float = 0.02) -> int:
+    """Boundary width of the boundary IoU: ``ratio`` of the image diagonal, at least 1 px."""
+    return max(1, round(ratio * np.sqrt(height**2 + width**2)))
+
+
+def boundary_iou_curve(pair: PreparedPair) -> np.ndarray:
+    """(256,) boundary IoU (Cheng et al. 2021) over thresholds, official order.
+
+    As the official code, the prediction's "boundary" is the grey-level difference between the
+    quantised normalised prediction and its erosion, thresholded at each level.
+    """
+    height, width = pair.gt.shape
+    d = biou_dilation(height, width)
+    q = cv2.LUT(pair.pred, pair.quantised)
+    pb = _mask_boundary(q, d)
+    gb = pair.info.biou_boundary
+    hist_all = _hist(pb)
+    hist_in = _hist(pb, gb)
+    tp = _cumulative(hist_in)
+    fp = _cumulative(hist_all - hist_in)
+    t = max(int(hist_in.sum()), 1)
+    return tp / (t + fp)
