@@ -174,7 +174,7 @@ def _evaluate_model(args: argparse.Namespace, options: dict, err) -> dict:
         raise EvaluationError(
             f"--model needs birefnet.inference.Predictor, which is not available ({exc})"
         ) from None
-    predictor = Predictor(args.model, device=args.device)
+    predictor = Predictor(args.model) if args.device is None else Predictor(args.model, device=args.device)
     save = Path(args.save_preds) if args.save_preds else None
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
