@@ -86,3 +86,23 @@ def test_train_outputs_float64():
         assert rel_error(out.gradient_targets[i], t[f"gdt_label.{i}"]) <= 1e-4, f"gdt_label.{i}"
     # gradient targets are not detached (official behaviour), so the whole graph trains
     assert out.gradient_targets[0].requires_grad
+
+
+def test_train_losses_through_model():
+    """PARITY.md: BiRefNetLoss()(out, gt) on the model's own train outputs equals the official losses."""
+    from birefnet.losses import BiRefNetLoss
+
+    case, t = load_fixture("swin_v1_t_train_256")
+    model = build(case).double().train()
+    out = model(t["input"])
+    total, parts = BiRefNetLoss()(out, t["gt"])
+    expected = case["losses"]
+    assert abs(float(total) - expected["total"]) / expected["total"] <= 1e-4
+    assert abs(float(parts["gradient"]) - expected["gdt"]) / expected["gdt"] <= 1e-4
+    assert abs(sum(float(v) for v in parts.values()) - float(total)) < 1e-9
+    per_level = BiRefNetLoss().per_level(out, t["gt"], terms=["bce", "iou", "ssim", "mae", "mse"])
+    for level, terms in expected["per_level_raw"].items():
+        for term, value in terms.items():
+            assert abs(float(per_level[level][term]) - value) / abs(value) <= 1e-4, (level, term)
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,255 @@
+"""Forward speed and memory of BiRefNet on this machine, as ratios measured in one run.
+
+For each variant and size (each in its own subprocess, so peak RSS is per configuration) it prints:
+median forward time (after warm-up), achieved GFLOP/s counting the model's FLOPs without the
+deformable-convolution sampling (as the official figures do), the machine's fp32 GEMM throughput
+measured in the same run on the same threads, their ratio, the deformable convolutions' share of the
+forward time, and peak RSS. Optionally (--onnx) ONNX Runtime running our own exported graph.
+
+    python benchmarks/speed.py --variant swin_v1_t swin_v1_l --size 512 1024
+    python benchmarks/speed.py --variant swin_v1_t --size 1024 --profile     # per-module table
+
+Weights are random (speed does not depend on values); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+
+def gemm_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def count_flops(model, x) -> float:
+    """FLOPs of one forward, without the deformable sampling+GEMM (offset/modulator convs counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from birefnet.models import deform_conv
+
+    orig = deform_conv.DeformableConv2d.forward
+
+    def no_deform(self, inp):
+        self.offset_conv(inp)
+        self.modulator_conv(inp)
+        w = self.regular_conv.weight
+        s = self.regular_conv.stride[0]
+        return inp.new_zeros(
+            inp.shape[0], w.shape[0], (inp.shape[2] - 1) // s + 1, (inp.shape[3] - 1) // s + 1
+        )
+
+    deform_conv.DeformableConv2d.forward = no_deform
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        deform_conv.DeformableConv2d.forward = orig
+    return float(counter.get_total_flops())
+
+
+def profile_modules(model, x) -> dict[str, float]:
+    """Seconds spent per module group in one forward (forward pre/post hooks, exclusive of nesting)."""
+    import torch
+
+    from birefnet.models.deform_conv import DeformableConv2d
+
+    groups: dict[str, float] = defaultdict(float)
+    start: dict[int, float] = {}
+
+    def group_of(name: str, mod) -> str | None:
+        if isinstance(mod, DeformableConv2d):
+            return "deformable conv (20)"
+        if name.startswith("bb.layers.") and name.count(".") == 2:
+            return f"backbone stage {name.split('.')[2]}"
+        if name.startswith("bb.") and name.count(".") == 1 and "norm" not in name and "layers" not in name:
+            return f"backbone {name[3:]}"
+        if name == "squeeze_module":
+            return "squeeze block"
+        if name.startswith("decoder.") and name.count(".") == 1:
+            return name.replace("decoder.", "decoder ")
+        return None
+
+    handles = []
+    for name, mod in model.named_modules():
+        g = group_of(name, mod)
+        if g is None:
+            continue
+
+        def pre(m, i, key=id(mod)):
+            start[key] = time.perf_counter()
+
+        def post(m, i, o, key=id(mod), g=g):
+            groups[g] += time.perf_counter() - start.pop(key)
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model(x)
+    total = time.perf_counter() - t0
+    for h in handles:
+        h.remove()
+    # deformable convs are nested inside decoder blocks: report decoder blocks exclusive of them
+    return {"total": total, **dict(groups)}
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from birefnet import BiRefNet, BiRefNetConfig
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone=args.variant[0])).eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    size = args.size[0]
+    x = torch.randn(1, 3, size, size)
+    gemm = gemm_gflops(args.threads)
+    flops = count_flops(model, x)
+    times = []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.runs):
+            t0 = time.perf_counter()
+            model(x)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    prof = profile_modules(model, x) if args.profile else None
+    deform_share = None
+    if prof is None:
+        prof_once = profile_modules(model, x)
+        deform_share = prof_once.get("deformable conv (20)", 0.0) / prof_once["total"]
+    else:
+        deform_share = prof.get("deformable conv (20)", 0.0) / prof["total"]
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    med = statistics.median(times)
+    result = {
+        "variant": args.variant[0],
+        "size": size,
+        "threads": args.threads,
+        "median_s": med,
+        "runs_s": times,
+        "gflop": flops / 1e9,
+        "gflops_per_s": flops / 1e9 / med,
+        "gemm_gflops_per_s": gemm,
+        "fraction_of_gemm_peak": flops / 1e9 / med / gemm,
+        "deform_share": deform_share,
+        "peak_rss_gb": rss_gb,
+        "profile": prof,
+    }
+    if args.onnx:
+        result.update(onnx_speed(model, x, args))
+    print("RESULT " + json.dumps(result))
+
+
+def onnx_speed(model, x, args) -> dict:
+    import tempfile
+
+    import onnxruntime as ort
+
+    from birefnet.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.onnx")
+        export_onnx(model, path, example=x, dynamic=False, check=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        times = []
+        for i in range(args.warmup + args.runs):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    return {"onnx_median_s": statistics.median(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", nargs="+", default=["swin_v1_t"])
+    ap.add_argument("--size", nargs="+", type=int, default=[1024])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--profile", action="store_true", help="print a per-module time table")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--onnx", action="store_true", help="also time ONNX Runtime on our exported graph")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    print(
+        f"{'variant':10} {'size':>5} {'median s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'GEMM GF/s':>9} "
+        f"{'of peak':>7} {'deform':>6} {'RSS GB':>6}" + ("  onnx s  ours/onnx" if args.onnx else "")
+    )
+    for variant in args.variant:
+        for size in args.size:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--variant",
+                variant,
+                "--size",
+                str(size),
+                "--runs",
+                str(args.runs),
+                "--warmup",
+                str(args.warmup),
+                "--threads",
+                str(args.threads),
+            ]
+            cmd += [
+                f
+                for f, on in (
+                    ("--profile", args.profile),
+                    ("--channels-last", args.channels_last),
+                    ("--onnx", args.onnx),
+                )
+                if on
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{variant} {size}: failed\n{out.stderr[-2000:]}")
+                continue
+            r = json.loads(line[7:])
+            row = (
+                f"{variant:10} {size:5d} {r['median_s']:9.2f} {r['gflop']:7.0f} {r['gflops_per_s']:8.1f} "
+                f"{r['gemm_gflops_per_s']:9.1f} {r['fraction_of_gemm_peak']:7.1%} {r['deform_share']:6.1%} "
+                f"{r['peak_rss_gb']:6.2f}"
+            )
+            if args.onnx:
+                row += f"  {r['onnx_median_s']:6.2f}  {r['onnx_median_s'] / r['median_s']:.2f}x"
+            print(row)
+            if r["profile"]:
+                total = r["profile"].pop("total")
+                for k, v in sorted(r["profile"].items(), key=lambda kv: -kv[1]):
+                    print(f"    {k:32} {v:7.3f} s {v / total:6.1%}")
+                print(f"    {'total forward':32} {total:7.3f} s")
+
+
+if __name__ == "__main__":
+    main()
