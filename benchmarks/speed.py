@@ -95,11 +95,11 @@ def profile_modules(model, x) -> dict[str, float]:
         if g is None:
             continue
 
-        def pre(m, i, key=id(mod)):
-            start[key] = time.perf_counter()
+        def pre(m, i):
+            start[id(m)] = time.perf_counter()
 
-        def post(m, i, o, key=id(mod), g=g):
-            groups[g] += time.perf_counter() - start.pop(key)
+        def post(m, i, o, g=g):
+            groups[g] += time.perf_counter() - start.pop(id(m))
 
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post))
@@ -166,7 +166,6 @@ def onnx_speed(model, x, args) -> dict:
     import tempfile
 
     import onnxruntime as ort
-
     from birefnet.export import export_onnx
 
     with tempfile.TemporaryDirectory() as d:
