@@ -176,13 +176,14 @@ def dynamic_size(
     area at most ``max_pixels`` (scaled up or down to it).
 
     Each side is at least ``min_side``: default 256 (the smallest size the dynamic models were
-    trained at), or half the side of the square budget for small budgets; very elongated images
-    are therefore squeezed along their long side rather than shrunk to a sliver.
+    trained at), or half the side of the square budget for small budgets but never below 64 (PVT
+    backbones need 64); very elongated images are therefore squeezed along their long side rather
+    than shrunk to a sliver.
 
     Example: 2048x1536 with a 1024x1024 budget -> 1152x864; 4000x50 -> 4096x256.
     """
     if min_side is None:
-        min_side = min(256, max(multiple, math.isqrt(max_pixels) // 2 // multiple * multiple))
+        min_side = min(256, max(2 * multiple, math.isqrt(max_pixels) // 2 // multiple * multiple))
     scale = math.sqrt(max_pixels / (width * height))
     w = max(min_side, int(width * scale + 1e-6) // multiple * multiple)
     h = max(min_side, int(height * scale + 1e-6) // multiple * multiple)
@@ -257,7 +258,7 @@ class PreparedImage:
     """One image ready for the network.
 
     Attributes:
-        tensor: (3, h, w) float32, normalised, h and w multiples of 32 (CPU; pinned for CUDA).
+        tensor: (3, h, w) float32, normalised, h and w multiples of 32 (CPU).
         image_size: (width, height) of the original image, the size the mask is resized back to.
     """
 
@@ -353,7 +354,6 @@ class Predictor:
         self.std = tuple(std or (self.spec.std if self.spec else IMAGENET_STD))
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        self._pin = self.device.type == "cuda"
         logger.info("%s", self.describe())
 
     # ---- description -------------------------------------------------------------------------
@@ -405,8 +405,6 @@ class Predictor:
         # as torchvision ToTensor + Normalize: uint8 -> float32 / 255, then (x - mean) / std
         x = torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
         x.sub_(self._mean).div_(self._std)
-        if self._pin:
-            x = x.pin_memory()
         return PreparedImage(tensor=x, image_size=image.size)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

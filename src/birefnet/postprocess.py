@@ -61,25 +61,49 @@ def final_alpha(
 
 
 def _blur_fusion(
-    image: np.ndarray, fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int
+    image: np.ndarray,
+    fg: np.ndarray | None,
+    bg: np.ndarray | None,
+    alpha: np.ndarray,
+    alpha3: np.ndarray,
+    radius: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One blur-fusion step: local means of F and B weighted by alpha, then a per-pixel correction."""
+    """One blur-fusion step: local means of F and B weighted by alpha, then a per-pixel correction.
+
+    ``fg``/``bg`` None means "the image itself" (the first pass), which saves a box filter:
+    blur(I (1 - a)) = blur(I) - blur(I a). Arrays are (H, W, 3) float32 except ``alpha`` (H, W);
+    operations are in place on same-shape arrays (numpy broadcasting over a channel axis of 1
+    is several times slower at these sizes).
+    """
     ksize = (radius, radius)
-    a = alpha[..., None]
-    blurred_alpha = cv2.blur(alpha, ksize)[..., None]
-    blurred_fg = cv2.blur(fg * a, ksize) / (blurred_alpha + 1e-5)
-    blurred_bg = cv2.blur(bg * (1.0 - a), ksize) / ((1.0 - blurred_alpha) + 1e-5)
-    # image = a F + (1 - a) B; correct the local mean of F by the part of the image it misses
-    fg = blurred_fg + a * (image - a * blurred_fg - (1.0 - a) * blurred_bg)
-    np.clip(fg, 0.0, 1.0, out=fg)
-    return fg, blurred_bg
+    blurred_alpha = cv2.blur(alpha, ksize)
+    ba3 = cv2.merge([blurred_alpha] * 3)
+    weighted_fg = (image if fg is None else fg) * alpha3
+    blurred_fg = cv2.blur(weighted_fg, ksize)
+    if bg is None:
+        blurred_bg = cv2.blur(image, ksize)
+        blurred_bg -= blurred_fg
+    else:
+        blurred_bg = cv2.blur(bg * (1.0 - alpha3), ksize)
+    blurred_fg /= ba3 + 1e-5
+    ba3 *= -1.0
+    ba3 += 1.0 + 1e-5
+    blurred_bg /= ba3
+    # image = a F + (1 - a) B; correct the local mean of F by the part of the image it misses:
+    # F = bF + a (I - a bF - (1 - a) bB)
+    out = image - alpha3 * blurred_fg
+    out -= (1.0 - alpha3) * blurred_bg
+    out *= alpha3
+    out += blurred_fg
+    np.clip(out, 0.0, 1.0, out=out)
+    return out, blurred_bg
 
 
 def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, radii: Iterable[int] = (90, 6)) -> np.ndarray:
     """Foreground colours at soft edges, so a cut-out of hair has no halo of the old background.
 
-    Blur-fusion (two passes, large then small box radius). Cost: a few box filters over the image
-    (about 0.1 s at 2048x1536 on one CPU core).
+    Blur-fusion (two passes, large then small box radius), with OpenCV box filters; the result
+    equals the official ``refine_foreground`` CPU path up to float rounding.
 
     Args:
         rgb: (H, W, 3) uint8 image.
@@ -89,12 +113,18 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, radii: Iterable[int]
     Returns:
         (H, W, 3) uint8 estimated foreground colour F, with ``rgb ~ alpha F + (1 - alpha) B``.
     """
-    image = rgb.astype(np.float32) / 255.0
+    image = rgb.astype(np.float32)
+    image *= 1.0 / 255.0
     a = np.clip(alpha.astype(np.float32, copy=False), 0.0, 1.0)
-    fg, bg = image, image
+    a3 = cv2.merge([a] * 3)
+    fg: np.ndarray | None = None
+    bg: np.ndarray | None = None
     for radius in radii:
-        fg, bg = _blur_fusion(image, fg, bg, a, int(radius))
-    return (fg * 255.0 + 0.5).astype(np.uint8)
+        fg, bg = _blur_fusion(image, fg, bg, a, a3, int(radius))
+    assert fg is not None
+    fg *= 255.0
+    fg += 0.5
+    return fg.astype(np.uint8)
 
 
 def cutout(rgb: np.ndarray, alpha: np.ndarray) -> Image.Image:
