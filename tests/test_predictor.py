@@ -369,6 +369,30 @@ def test_registry_name_with_local_weights_uses_row_settings(pvt_weights, caplog)
     assert any("NOT be used commercially" in r.message for r in caplog.records)
     with pytest.raises(ValueError, match="not a registry name"):
         Predictor(str(pvt_weights), weights=pvt_weights, device="cpu")
+    assert Predictor("ZhengPeng7/BiRefNet_lite", weights=pvt_weights, device="cpu").spec.name == "lite"
+
+
+@requires_shared
+def test_hub_id_and_registry_name_download_path(pvt_weights, monkeypatch, caplog):
+    """Names and hub ids go through weights.download (stubbed: tests never download)."""
+    import birefnet.weights
+
+    asked = []
+
+    def fake_download(repo_id, revision=None):
+        asked.append(repo_id)
+        return pvt_weights
+
+    monkeypatch.setattr(birefnet.weights, "download", fake_download)
+    with caplog.at_level(logging.INFO, logger="birefnet.inference"):
+        hr = Predictor("ZhengPeng7/BiRefNet_HR", device="cpu")
+    assert hr.spec.name == "HR" and hr.size == (2048, 2048) and hr.model.config.patch_order == "current"
+    assert any("on cpu" in r.message for r in caplog.records)  # the device choice is logged
+    dyn = Predictor("dynamic", device="cpu")
+    assert dyn.resolution == "dynamic" and dyn.name == "dynamic"
+    default = Predictor(device="cpu")
+    assert default.name == "general" and default.model.config.patch_order == "legacy"
+    assert asked == ["ZhengPeng7/BiRefNet_HR", "ZhengPeng7/BiRefNet_dynamic", "ZhengPeng7/BiRefNet"]
 
 
 def test_registry_row_for_downloaded_paths(tmp_path):
