@@ -41,6 +41,7 @@ BETA2 = 0.3  # beta^2 of the F-measure
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=np.uint8)  # skimage disk(1)
 _LEVELS = np.arange(256, dtype=np.float64)
 _CALCHIST_LIMIT = 1 << 24  # cv2.calcHist counts in float32: exact below 2**24 pixels
+_PAD = 4  # zero frame for the wF nearest-GT look-ups (the nearest GT pixel is <= 4 px away)
 
 
 class MaskError(ValueError):
@@ -140,12 +141,18 @@ class GroundTruthInfo:
 
     @cached_property
     def distance_sq(self) -> np.ndarray:
-        """(H, W) int32 exact squared distance to the GT, clamped at 266^2 (see :func:`gt_distance_sq`)."""
+        """(H, W) int32 exact squared distance to the GT, clamped (see :func:`gt_distance_sq`)."""
         return gt_distance_sq(self.fg)
 
     @cached_property
-    def ring(self) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        return _gt_ring(self.fg8)
+    def importance(self) -> np.ndarray:
+        """(H, W) wF background importance weights (see :func:`gt_importance`)."""
+        return gt_importance(self.distance_sq, self.fg)
+
+    @cached_property
+    def wf_neighbourhood(self) -> _WfNeighbourhood:
+        """GT box, ring pixels and their nearest GT pixel (see :func:`_wf_neighbourhood`)."""
+        return _wf_neighbourhood(self.fg8, self.distance_sq)
 
     def band(self, radius: int) -> np.ndarray:
         """(H, W) uint8 mBA band: morphological gradient of the GT with an elliptical kernel."""
@@ -418,16 +425,20 @@ def _region_mean(pair: PreparedPair, rows: slice, cols: slice, hist: np.ndarray,
     return np.float64(math.fsum(hist[present] * pair.lut[present])) / n
 
 
-def _ssim(pair: PreparedPair, rows: slice, cols: slice) -> np.float64:
+def _quadrant_hists(pair: PreparedPair, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    pv = pair.pred[rows, cols]
+    return _hist(pv), _hist(pv, pair.fg8[rows, cols])
+
+
+def _ssim(pair: PreparedPair, rows: slice, cols: slice, hists: tuple[np.ndarray, np.ndarray]) -> np.float64:
+    """The official SSIM-like score of one quadrant, from its (all, fg) histograms."""
     h = rows.stop - rows.start
     w = cols.stop - cols.start
     n = h * w
     with np.errstate(all="ignore"):
         if n == 0:  # official: mean of an empty slice is NaN, which makes the S-measure 0
             return np.float64(np.nan)
-        pv = pair.pred[rows, cols]
-        hist_all = _hist(pv)
-        hist_fg = _hist(pv, pair.fg8[rows, cols])
+        hist_all, hist_fg = hists
         hist_bg = hist_all - hist_fg
         n_fg = int(hist_fg.sum())
         x = _region_mean(pair, rows, cols, hist_all, n)
@@ -459,8 +470,9 @@ def smeasure(pair: PreparedPair, alpha: float = 0.5) -> float:
     obj = u * _object_score(pair.hist_fg, pair.lut) + (1 - u) * _object_score(pair.hist_bg, 1 - pair.lut)
     # Region term: split at the GT centroid (rounded half to even, +1, as the official code).
     height, width = pair.gt.shape
-    row_counts = np.count_nonzero(pair.fg, axis=1)
-    col_counts = np.count_nonzero(pair.fg, axis=0)
+    row_counts = cv2.reduce(pair.fg8, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.int64)
+    col_counts = cv2.reduce(pair.fg8, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().astype(np.int64)
+    # exact integer sums divided once: the same float as numpy's mean of the coordinates
     cy = int(np.round(np.dot(row_counts, np.arange(height)) / n_fg)) + 1
     cx = int(np.round(np.dot(col_counts, np.arange(width)) / n_fg)) + 1
     area = height * width
@@ -470,12 +482,17 @@ def smeasure(pair: PreparedPair, alpha: float = 0.5) -> float:
     w4 = 1 - w1 - w2 - w3
     top, bottom = slice(0, cy), slice(cy, height)
     left, right = slice(0, cx), slice(cx, width)
+    # three quadrants' histograms; the fourth is what remains of the whole image's
+    h_tl = _quadrant_hists(pair, top, left)
+    h_tr = _quadrant_hists(pair, top, right)
+    h_bl = _quadrant_hists(pair, bottom, left)
+    h_br = tuple(whole - a - b - c for whole, a, b, c in zip((pair.hist_all, pair.hist_fg), h_tl, h_tr, h_bl))
     with np.errstate(all="ignore"):
         region = (
-            w1 * _ssim(pair, top, left)
-            + w2 * _ssim(pair, top, right)
-            + w3 * _ssim(pair, bottom, left)
-            + w4 * _ssim(pair, bottom, right)
+            w1 * _ssim(pair, top, left, h_tl)
+            + w2 * _ssim(pair, top, right, h_tr)
+            + w3 * _ssim(pair, bottom, left, h_bl)
+            + w4 * _ssim(pair, bottom, right, h_br)
         )
         sm = alpha * obj + (1 - alpha) * region
     # max(0, nan) is 0 in Python: the official value for the degenerate cases (a one-pixel object,
@@ -504,24 +521,22 @@ def _gaussian_1d(size: int = 7, sigma: float = 5.0) -> np.ndarray:
 _GAUSS_1D = _gaussian_1d()
 
 
-def _ring_offsets(layer: int) -> list[tuple[int, int]]:
-    """Where the nearest GT pixel of a background pixel at chessboard distance ``layer`` can be.
-
-    Offsets (dy, dx) with chessboard length >= layer and squared length <= 2 layer^2, sorted the
-    way scipy's exact feature transform breaks ties among equally near pixels: squared distance,
-    then column, then row.
-    """
-    span = range(-2 * layer, 2 * layer + 1)
-    offs = [
-        (dy, dx)
-        for dy in span
-        for dx in span
-        if max(abs(dy), abs(dx)) >= layer and dy * dy + dx * dx <= 2 * layer * layer
-    ]
-    return sorted(offs, key=lambda o: (o[0] ** 2 + o[1] ** 2, o[1], o[0]))
+def _offsets_by_distance(max_sq: int = 18) -> dict[int, np.ndarray]:
+    """(dy, dx) offsets grouped by squared length <= max_sq, each group in the order scipy's exact
+    feature transform prefers among equally near pixels: smallest column, then smallest row."""
+    span = range(-5, 6)
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for dy in span:
+        for dx in span:
+            d2 = dy * dy + dx * dx
+            if 0 < d2 <= max_sq:
+                groups.setdefault(d2, []).append((dy, dx))
+    return {d2: np.array(sorted(offs, key=lambda o: (o[1], o[0]))) for d2, offs in groups.items()}
 
 
-_RING_OFFSETS = {k: _ring_offsets(k) for k in (1, 2, 3)}
+# The nearest GT pixel of a background pixel within chessboard distance 3 of the GT is at squared
+# distance <= 18 (a GT pixel in its 7x7 window is at most (3, 3) away).
+_OFFSETS_BY_DISTANCE = _offsets_by_distance(18)
 
 
 _LOG_HALF_FIFTH = np.log(0.5) / 5
@@ -538,48 +553,85 @@ def _importance_table() -> np.ndarray:
     return table
 
 
-def gt_distance_sq(fg: np.ndarray) -> np.ndarray:
-    """(H, W) int32 exact squared Euclidean distance of each pixel to the GT (0 on the GT).
+def gt_distance_sq(fg: np.ndarray, pad: int = 0) -> np.ndarray:
+    """(H + 2 pad, W + 2 pad) int32 exact squared Euclidean distance to the GT, clamped at 266^2.
 
-    OpenCV's exact (Felzenszwalb) distance transform returns float32 distances; squared distances
-    are integers, so rounding the square recovers them exactly (below 2000 px, far beyond where
-    the wF weights stop changing).
+    0 on the GT. OpenCV's exact (Felzenszwalb) distance transform returns float32 distances;
+    squared distances are integers, so rounding the square recovers them exactly (the float32
+    error is far below 0.5 up to the clamp). ``pad`` adds a frame of background around the image,
+    which does not change the distances inside (background pixels are not sources).
     """
-    dist = cv2.distanceTransform(np.logical_not(fg).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    bg = np.logical_not(fg).view(np.uint8)
+    if pad:
+        bg = cv2.copyMakeBorder(bg, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=1)
+    dist = cv2.distanceTransform(bg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     np.multiply(dist, dist, out=dist)
-    return np.minimum(np.rint(dist), _FAR).astype(np.int32)
+    np.minimum(dist, _FAR, out=dist)
+    return np.rint(dist).astype(np.int32)
 
 
-def _gt_ring(fg8: np.ndarray, pad: int = 4) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Background pixels within chessboard distance 3 of the GT and their nearest GT pixel.
+@dataclass
+class _WfNeighbourhood:
+    """What wF needs around the GT: the GT's bounding box grown by 3 px (clipped to the image), the
+    background pixels within chessboard distance 3 of the GT (the "ring", which the 7x7 Gaussian
+    reaches from the GT) and the nearest GT pixel of each, as flat indices into the box."""
 
-    Returns the padded 0/1 GT, and per layer k = 1, 2, 3 the flat indices (padded frame) of the
-    layer's pixels and of their nearest GT pixel (Euclidean, scipy's tie-breaking).
+    rows: slice
+    cols: slice
+    fg: np.ndarray  # (h, w) bool GT inside the box
+    ring: np.ndarray
+    nearest: np.ndarray
+
+
+def _wf_neighbourhood(fg8: np.ndarray, dist_sq: np.ndarray) -> _WfNeighbourhood:
+    """Ring pixels and their nearest GT pixel (Euclidean; ties broken as scipy's exact feature
+    transform breaks them: smallest column, then smallest row).
+
+    Args:
+        fg8: (H, W) uint8 0/1 GT (not empty).
+        dist_sq: (H, W) exact squared distances to the GT (:func:`gt_distance_sq`).
     """
+    pad = _PAD
+    height, width = fg8.shape
     fgp = cv2.copyMakeBorder(fg8, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    kernel = np.ones((3, 3), np.uint8)
-    grown = [fgp]
-    for _ in range(3):
-        grown.append(cv2.dilate(grown[-1], kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0))
-    inside = np.zeros(fgp.shape, dtype=np.uint8)
-    inside[pad:-pad, pad:-pad] = 1
-    width = fgp.shape[1]
+    ring = cv2.subtract(cv2.dilate(fgp, np.ones((7, 7), np.uint8)), fgp)[pad:-pad, pad:-pad]
+    idx = np.flatnonzero(ring)
+    r, c = np.divmod(idx, width)
+    d2 = dist_sq.ravel()[idx]
+    pwidth = width + 2 * pad
+    at_p = (r + pad) * pwidth + (c + pad)  # ring pixels in the padded frame
     fg_flat = fgp.ravel()
-    layers, nearest = [], []
-    for k in (1, 2, 3):
-        idx = np.flatnonzero(cv2.bitwise_and(cv2.subtract(grown[k], grown[k - 1]), inside))
-        src = np.empty(idx.size, dtype=np.intp)
-        todo = np.arange(idx.size)
-        for dy, dx in _RING_OFFSETS[k]:
-            if todo.size == 0:
-                break
-            at = idx[todo] + (dy * width + dx)
-            hit = fg_flat[at] != 0
-            src[todo[hit]] = at[hit]
-            todo = todo[~hit]
-        layers.append(idx)
-        nearest.append(src)
-    return fgp, layers, nearest
+    src_p = np.empty_like(at_p)
+    for sq, offs in _OFFSETS_BY_DISTANCE.items():
+        sel = np.flatnonzero(d2 == sq)
+        if sel.size == 0:
+            continue
+        flat_offs = offs[:, 0] * pwidth + offs[:, 1]
+        at = at_p[sel]
+        # the first GT hit in preference order (argmax returns the first maximum)
+        hits = fg_flat[at[:, None] + flat_offs[None, :]]
+        src_p[sel] = at + flat_offs[hits.argmax(axis=1)]
+    sr, sc = np.divmod(src_p, pwidth)
+    sr -= pad
+    sc -= pad
+    x, y, w, h = cv2.boundingRect(fg8)
+    y0, y1 = max(0, y - 3), min(height, y + h + 3)
+    x0, x1 = max(0, x - 3), min(width, x + w + 3)
+    bw = x1 - x0
+    return _WfNeighbourhood(
+        rows=slice(y0, y1),
+        cols=slice(x0, x1),
+        fg=fg8[y0:y1, x0:x1].astype(bool),
+        ring=(r - y0) * bw + (c - x0),
+        nearest=(sr - y0) * bw + (sc - x0),
+    )
+
+
+def gt_importance(dist_sq: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """(H, W) float64 wF background importance ``2 - 0.5^(d / 5)`` from squared distances; 0 on the GT."""
+    weights = _importance_table()[dist_sq]
+    weights[fg] = 0
+    return weights
 
 
 def weighted_fmeasure(pair: PreparedPair, beta: float = 1.0) -> float:
@@ -587,39 +639,27 @@ def weighted_fmeasure(pair: PreparedPair, beta: float = 1.0) -> float:
 
     Exact re-statement of the official computation, restricted to where it matters: the error is
     propagated from the nearest GT pixel only to the background pixels the 7x7 Gaussian reaches
-    from the GT, and the background importance weights come from the exact squared distance to the
-    GT (:func:`gt_distance_sq`) through a table. Both only depend on the GT (cached in ``pair.info``).
+    from the GT, and the background importance weights come from the exact distance to the GT
+    through a table. Both only depend on the GT (cached in ``pair.info``).
     """
     if pair.n_fg == 0:
         return 0.0
     info = pair.info
-    fg = pair.fg
-    pad = 4
-    # E = |pred - gt|: p on the background, 1 - p on the GT (|p - 1| == fl(1 - p) exactly).
-    lut = pair.lut
-    err_p = cv2.copyMakeBorder(cv2.LUT(pair.pred, lut), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    err_fg = cv2.copyMakeBorder(cv2.LUT(pair.pred, 1 - lut), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    fgp, layers, nearest = info.ring
-    np.copyto(err_p, err_fg, where=fgp.view(bool))
-    err = err_p
-    # Et: on background pixels near the GT, the error of their nearest GT pixel.
-    et = err.copy()
-    et_flat, err_flat = et.ravel(), err.ravel()
-    for idx, src in zip(layers, nearest):
-        et_flat[idx] = err_flat[src]
-    # EA = Et (*) K, zero padding (the 4-px zero frame plays the border); only needed on the GT.
+    # FPw = sum over the background of E * importance, with E = p there.
+    p = cv2.LUT(pair.pred, pair.lut)
+    fpw = float(np.dot(info.importance.ravel(), p.ravel()))
+    # On the GT, E = |p - 1| == fl(1 - p) exactly. Et is E propagated from the nearest GT pixel to
+    # the ring; farther out it never reaches a GT pixel through the 7x7 kernel, so Et, EA and
+    # min(EA, E) are only computed on the GT's box grown by 3 px. Outside the box the convolution
+    # sees zeros: the official zero padding at the image border, "don't care" elsewhere.
+    nb = info.wf_neighbourhood
+    et = cv2.LUT(pair.pred[nb.rows, nb.cols], 1 - pair.lut)
+    et_flat = et.ravel()
+    et_flat[nb.ring] = et_flat[nb.nearest]
     ea = cv2.sepFilter2D(et, cv2.CV_64F, _GAUSS_1D, _GAUSS_1D, borderType=cv2.BORDER_CONSTANT)
-    inner = (slice(pad, -pad), slice(pad, -pad))
-    e_fg = err[inner][fg]
-    ea_fg = ea[inner][fg]
-    min_e_ea = np.minimum(ea_fg, e_fg)
-    tpw = pair.n_fg - np.sum(min_e_ea)
-    # FPw = sum over the background of E * (2 - 0.5^(d/5)), by grey level.
-    bg_levels = pair.pred[~fg]
-    weights = _importance_table()[info.distance_sq[~fg]]
-    per_level = np.bincount(bg_levels, weights=weights, minlength=256)
-    fpw = float(np.dot(per_level, lut))
-    r = 1 - np.mean(min_e_ea)
+    ew = np.minimum(ea[nb.fg], et[nb.fg])
+    tpw = pair.n_fg - np.sum(ew)
+    r = 1 - np.mean(ew)
     precision = tpw / (tpw + fpw + EPS)
     return float((1 + beta) * r * precision / (r + beta * precision + EPS))
 
@@ -635,7 +675,7 @@ def _runs(contours, cond_flat: np.ndarray, width: int) -> tuple[list[np.ndarray]
     Walks every contour point in order, keeps those on ``cond`` not kept before, splits each contour
     into maximal runs of kept points, and joins the last run to the reversed first one when their
     ends touch (8-neighbours). Returns the runs (int64 (n, 1, 2) x/y arrays, as the official code
-    builds them) and the flat indices of the kept points.
+    builds them) and the indices of the contours with at least one kept point.
     """
     if not contours:
         return [], np.empty(0, dtype=np.intp)
@@ -673,7 +713,8 @@ def _runs(contours, cond_flat: np.ndarray, width: int) -> tuple[list[np.ndarray]
                 pieces = pieces[1:]
         runs.extend(p[:, None, :] for p in pieces)
         i = j + 1
-    return runs, lin[kept]
+    contour_of_point = np.repeat(np.arange(len(contours)), lengths)
+    return runs, np.unique(contour_of_point[kept])
 
 
 def _polygon_points(runs: list[np.ndarray], epsilon: float) -> int:
@@ -683,14 +724,27 @@ def _polygon_points(runs: list[np.ndarray], epsilon: float) -> int:
     return total
 
 
-def _independent_regions(mask: np.ndarray, kept: np.ndarray) -> int:
-    """Connected regions (8-connectivity) of ``mask`` with no kept boundary point."""
-    n, labels = cv2.connectedComponents(mask, connectivity=8)
-    if n <= 1:
+def _independent_regions(contours, hierarchy, kept_contours: np.ndarray) -> int:
+    """Connected regions (8-connectivity) of a mask none of whose border points was kept.
+
+    OpenCV traces exactly one outer border per 8-connected region, and each hole border's parent is
+    the outer border of its region, so regions and their borders come from the contour hierarchy
+    without labelling the image.
+    """
+    if not contours:
         return 0
-    touched = np.zeros(n, dtype=bool)
-    touched[labels.ravel()[kept]] = True
-    return int(np.count_nonzero(~touched[1:]))
+    parent = hierarchy.reshape(-1, 4)[:, 3].astype(np.intp)
+    depth = np.zeros(len(contours), dtype=np.intp)
+    up = parent.copy()
+    while np.any(up >= 0):  # walk up the tree; as many steps as the deepest nesting
+        has = up >= 0
+        depth += has
+        up[has] = parent[up[has]]
+    outer = depth % 2 == 0
+    region = np.where(outer, np.arange(len(contours)), parent)
+    touched = np.zeros(len(contours), dtype=bool)
+    touched[region[kept_contours]] = True
+    return int(np.count_nonzero(outer & ~touched))
 
 
 def hce(pair: PreparedPair, skeleton: np.ndarray | None = None, relax: int = 5, epsilon: float = 2.0) -> int:
@@ -730,17 +784,17 @@ def hce(pair: PreparedPair, skeleton: np.ndarray | None = None, relax: int = 5, 
         fn_ = cv2.bitwise_or(fn_, cv2.bitwise_and(ske.view(np.uint8), cv2.bitwise_xor(tp, 1)))
 
     width = g.shape[1]
-    ctr_fp, _ = cv2.findContours(fp_, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    ctr_fp, hier_fp = cv2.findContours(fp_, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
     cond_fp = cv2.dilate(cv2.bitwise_or(tp, fn_), _CROSS)
     runs_fp, kept_fp = _runs(ctr_fp, cond_fp.ravel(), width)
-    ctr_fn, _ = cv2.findContours(fn_, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    ctr_fn, hier_fn = cv2.findContours(fn_, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
     cond_fn = cv2.dilate(cv2.bitwise_xor(cv2.bitwise_or(cv2.bitwise_or(tp, fp_), fn_), 1), _CROSS)
     runs_fn, kept_fn = _runs(ctr_fn, cond_fn.ravel(), width)
     return (
         _polygon_points(runs_fp, epsilon)
-        + _independent_regions(fp_, kept_fp)
+        + _independent_regions(ctr_fp, hier_fp, kept_fp)
         + _polygon_points(runs_fn, epsilon)
-        + _independent_regions(fn_, kept_fn)
+        + _independent_regions(ctr_fn, hier_fn, kept_fn)
     )
 
 

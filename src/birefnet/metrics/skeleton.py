@@ -59,6 +59,8 @@ def skeletonize(mask: np.ndarray) -> np.ndarray:
 
 
 def _skeletonize(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
     mask = np.asarray(mask) != 0
     out = np.zeros(mask.shape, dtype=bool)
     rows = np.flatnonzero(mask.any(axis=1))
@@ -72,39 +74,38 @@ def _skeletonize(mask: np.ndarray) -> np.ndarray:
     width = img.shape[1]
     flat = img.ravel()
     offsets = np.array([dr * width + dc for dr, dc, _ in _NEIGHBOURS], dtype=np.intp)
-
-    # Neighbourhood code of every pixel, kept up to date as pixels are removed.
-    code = np.zeros(img.shape, dtype=np.uint8)
-    h, w = img.shape
+    # Neighbourhood code of every pixel (correlation with the weights), kept up to date below.
+    weights = np.zeros((3, 3), np.float32)
     for dr, dc, weight in _NEIGHBOURS:
-        code[1:-1, 1:-1] |= img[1 + dr : h - 1 + dr, 1 + dc : w - 1 + dc] * np.uint8(weight)
-    code = code.ravel()
+        weights[1 + dr, 1 + dc] = weight
+    code = cv2.filter2D(img, cv2.CV_32F, weights, borderType=cv2.BORDER_CONSTANT).astype(np.uint8).ravel()
     # Initially every foreground pixel with a background neighbour may be removable; interior
     # pixels (code 255) never are, until a neighbour goes.
     border = np.flatnonzero(flat & (code != 255))
     stamp = np.zeros(flat.size, dtype=np.int32)  # scratch for de-duplicating index arrays
+    # dirty[s]: pixels whose code changed since they were last examined in sub-iteration type s
+    # (repeats allowed: examining a pixel twice gives the same answer).
     dirty = [border, border]
     quiet = 0  # consecutive sub-iterations without a removal
     sub = 0
     while quiet < 2:
         cand = dirty[sub]
-        removed = cand[_REMOVE[sub][code[cand]]] if cand.size else cand
+        removed = cand[_REMOVE[sub][code[cand]]]
         if removed.size:
             flat[removed] = 0
-            for off, weight in zip(offsets, _OPPOSITE_WEIGHTS):
-                code[removed + off] -= weight
-            touched = (removed[:, None] + offsets[None, :]).ravel()
+            around = offsets[:, None] + removed[None, :]  # (8, n): neighbours, one row per direction
+            for k in range(8):
+                # within a row indices are distinct (or repeats of one removed pixel): no double count
+                code[around[k]] -= _OPPOSITE_WEIGHTS[k]
+            touched = around.ravel()
             touched = _unique(touched[flat[touched] != 0], stamp)
-            # Pixels examined now and kept need another look in this sub-iteration type only when
-            # their neighbourhood changes; the other type must look at every changed pixel too.
             other = 1 - sub
-            keep = dirty[other]
-            keep = keep[flat[keep] != 0]
-            dirty[other] = _unique(np.concatenate([keep, touched]), stamp)
+            pending = dirty[other]
+            dirty[other] = np.concatenate([pending[flat[pending] != 0], touched])
             dirty[sub] = touched
             quiet = 0
         else:
-            dirty[sub] = cand[:0]
+            dirty[sub] = removed
             quiet += 1
         sub = 1 - sub
     out[r0:r1, c0:c1] = img[1:-1, 1:-1] != 0
