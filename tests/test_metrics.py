@@ -133,6 +133,21 @@ def test_matches_reference_implementation(seed):
             )
 
 
+def test_tiny_masks_match_reference_implementation():
+    rng = np.random.default_rng(11)
+    for i in range(60):
+        h, w = (int(v) for v in rng.integers(1, 6, 2))
+        pred = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        gt = ((rng.random((h, w)) < rng.random()) * 255).astype(np.uint8)
+        if i % 3 == 0:
+            pred = (pred > 128).astype(np.uint8) * 255
+        ours, ref = _ours(pred, gt), R.evaluate_pair(pred, gt)
+        for k, v in ref.items():
+            np.testing.assert_allclose(
+                np.asarray(ours[k], float), np.asarray(v, float), atol=1e-9, equal_nan=True, err_msg=k
+            )
+
+
 @pytest.mark.slow
 def test_matches_reference_implementation_large():
     pred, gt = R.synthetic_pair(512, 640, 7)

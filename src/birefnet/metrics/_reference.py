@@ -1,10 +1,11 @@
 """Straightforward per-image implementation of the official evaluator's definitions.
 
-This module is the *specification in code* that the fast implementation in :mod:`.sod` and :mod:`.dis`
-is tested against (random masks of any size, tie cases included) and that
-``benchmarks/metrics.py`` times as the "official-style" baseline on the same machine. It follows
-the official ``evaluation/metrics.py`` step by step (float64 arrays, per-pixel loops where the
-official code loops), so it is slow on purpose. Nothing else in the package imports it.
+This module is the *specification in code* that the fast implementation in :mod:`.functional` is
+tested against (random masks of any size, tie cases included), and that ``benchmarks/metrics.py``
+times as the "official-style" baseline on the same machine. It follows the official
+``evaluation/metrics.py`` step by step (float64 arrays, per-point loops where the official code
+loops), so it is slow on purpose. The package itself only uses :func:`hce` from here, for masks of
+at most 4 pixels (which OpenCV mistakes for scalars in the fast path).
 
 All functions take the arrays the official evaluator works on: ``pred`` uint8 (H, W) already
 resized to the GT size, ``gt`` uint8 (H, W) (foreground is ``> 128``).
