@@ -274,3 +274,22 @@ def test_plots(tmp_path):
         assert lines == 3
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert cv2.imread(str(path)) is not None
+
+
+def test_skeleton_cache_dir(tmp_path):
+    for i in range(2):
+        pred, gt = R.synthetic_pair(30, 36, i)
+        for folder, image in (("gt", gt), ("pred", pred)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp_path / folder / f"{i}.png"), image)
+    plain = evaluate_folders([tmp_path / "pred"], tmp_path / "gt", workers=1)["pred"]
+    first = evaluate_folders([tmp_path / "pred"], tmp_path / "gt", workers=1, cache_dir=tmp_path / "cache")[
+        "pred"
+    ]
+    cached = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 2
+    second = evaluate_folders([tmp_path / "pred"], tmp_path / "gt", workers=1, cache_dir=tmp_path / "cache")[
+        "pred"
+    ]
+    assert plain["summary"] == first["summary"] == second["summary"]
+    assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == ["0.png", "1.png"]  # nothing written there

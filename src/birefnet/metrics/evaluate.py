@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -212,10 +213,9 @@ def _run_all(tasks: list[_Task], workers: int, progress: Callable[[int], None] |
         return results
     import multiprocessing
 
-    # fork where available: no re-import of the caller's main module, cheap start-up. Workers only
-    # use numpy and single-threaded OpenCV.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    # fork on Linux: no re-import of the caller's main module, cheap start-up; workers only use numpy
+    # and single-threaded OpenCV. Elsewhere spawn (fork is unsafe on macOS).
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         for res in pool.map(_run_task, tasks, chunksize=chunk):

@@ -261,10 +261,13 @@ class PreparedPair:
         if "adaptive" in self._cache:
             return self._cache["adaptive"]
         present = self.hist_all > 0
-        approx = math.fsum(self.hist_all[present] * self.lut[present]) / self.size
-        thr = min(2 * approx, 1)
-        if np.any(np.abs(self.lut[present] - thr) < 1e-9):
+        twice = 2 * math.fsum(self.hist_all[present] * self.lut[present]) / self.size
+        if twice > 1 + 1e-9:
+            thr = 1.0  # capped, however the sum is rounded
+        elif np.any(np.abs(self.lut[present] - twice) < 1e-9):
             thr = min(2 * self.mean, 1)
+        else:
+            thr = min(twice, 1)
         sel = self.lut >= thr
         self._cache["adaptive"] = sel
         return sel
