@@ -217,11 +217,17 @@ def _run_all(tasks: list[_Task], workers: int, progress: Callable[[int], None] |
     # and single-threaded OpenCV. Elsewhere spawn (fork is unsafe on macOS).
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
         for res in pool.map(_run_task, tasks, chunksize=chunk):
             results.append(res)
             if progress:
                 progress(1)
+    except BaseException:
+        # an unreadable file (or Ctrl-C): stop now instead of finishing the queued images first
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
 
 
