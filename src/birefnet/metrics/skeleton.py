@@ -2,8 +2,9 @@
 
 HCE needs the skeleton of every ground truth. scikit-image's Zhang-Suen thinning scans the whole
 image twice per iteration, and thick objects need as many iterations as half their thickness, so
-one 1024² DIS mask costs 0.1-0.3 s. The thinning is local: a pixel can only change when one of
-its 8 neighbours changed in the previous sub-iteration. Here only those pixels are re-examined,
+one 1024² DIS mask costs 0.1-0.3 s. The thinning is local: whether a pixel is removed depends only
+on its 8 neighbours, so a pixel kept once needs another look only after a neighbour went. Here only
+those pixels are re-examined,
 with numpy over index arrays, which gives the *same* skeleton (checked against scikit-image on
 random masks in tests/test_metrics.py, and by :func:`self_check` on demand) in a fraction of
 the time, without importing scikit-image (whose import alone takes seconds).
@@ -124,8 +125,8 @@ def _unique(idx: np.ndarray, stamp: np.ndarray) -> np.ndarray:
 def self_check(seed: int = 0) -> bool:
     """Compare :func:`skeletonize` with the installed scikit-image on a few random masks.
 
-    The table is fixed to the thinning the official numbers were made with (scikit-image 0.19 to
-    0.26 use the same one); run this after upgrading scikit-image to know whether it still agrees.
+    The table is fixed to the thinning the official reference numbers were made with (checked with
+    scikit-image 0.26); run this after upgrading scikit-image to know whether it still agrees.
     """
     import cv2
     from skimage.morphology import skeletonize as sk_skeletonize
