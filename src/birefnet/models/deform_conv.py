@@ -1,0 +1,480 @@
+"""Modulated deformable convolution (DCNv2) in pure PyTorch.
+
+BiRefNet's ``ASPPDeformable`` blocks use ``torchvision.ops.deform_conv2d``. torchvision cannot be a
+dependency of this package (see docs/STYLE.md), so this module re-implements the same operator with the
+same semantics, and ``DeformableConv2d`` with the official submodule names (they are state-dict keys).
+
+How it is computed (eager mode):
+
+1. The input is zero-padded by one pixel on the top/left and two on the bottom/right and laid out
+   channels-last as a lookup table of ``(B·G·(H+3)·(W+3), C/G)`` rows: one row per pixel and offset group.
+2. Every sample (output pixel × kernel point) has the integer position
+   ``(ho·stride − pad + i·dil, wo·stride − pad + j·dil)`` plus its offset ``(dy, dx)``. The offset is clamped
+   so that the position stays in ``[-1, H] × [-1, W]`` (beyond it every bilinear corner is outside the
+   image and the sample is zero; clamped, it lands on the zero border with zero gradient, as torchvision's
+   does), then split into integer and fractional parts: 4 corner row indices and 4 bilinear weights, the
+   modulation mask folded into the weights. Corners outside the image are zero border rows. The fraction
+   is taken from the offset, not from the absolute position, so it is exact in float32 wherever the
+   position is (torchvision's float32 kernel rounds a position near 256 to 2^-16 pixel).
+3. ``F.embedding_bag(mode="sum", per_sample_weights=...)`` gathers and blends the 4 corner rows of every
+   sample in one fused pass over contiguous channel vectors: 3.5-4× faster on CPU than ``F.grid_sample``
+   (whose NCHW kernel gathers each channel separately), index bookkeeping included.
+4. One GEMM with the weight reshaped to ``(O, k·k·C)`` gives the output. k = 1 needs no special case: its
+   columns are just the ``(L, C)`` sampled input, and the GEMM a pointwise convolution. Output rows are
+   processed in chunks whose columns fit in ``COLUMN_BUDGET_BYTES``; with autograd on, each chunk's columns
+   are recomputed in the backward pass instead of kept (torch.utils.checkpoint), so training memory
+   stays at the size of the inputs, as with torchvision's kernel.
+
+The sampling is ~20 % of the cost for k = 7 and the GEMM the rest: it has exactly the FLOPs of the plain
+convolution, but MKL's sgemm runs it ~15 % slower than oneDNN's direct convolution on the plain conv.
+See benchmarks/deform_conv.py.
+
+During ``torch.onnx`` export a ``F.grid_sample`` formulation (ONNX ``GridSample``, opset 16+, no chunk
+loop) is used instead; it computes the same function (tests check both against a float64 reference),
+with ~1e-5 relative float32 rounding from the coordinate normalisation at 256-pixel maps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["ACCELERATOR_COLUMN_BUDGET_BYTES", "COLUMN_BUDGET_BYTES", "DeformableConv2d", "deform_conv2d"]
+
+#: Upper bound, in bytes, on the largest per-chunk tensor (the sampled columns, or the GEMM result for
+#: k=1); larger outputs are processed in chunks of output rows. The 7x7 deformable conv on a 64-channel
+#: 256x256 map (BiRefNet at 1024x1024) would need 822 MB of columns unchunked. Chunks well below glibc's
+#: 32 MB mmap threshold are recycled by the allocator instead of being page-faulted in afresh every time
+#: (fresh memory fills at ~1.5 GB/s here against ~6.5 GB/s for reused memory), and they keep the transposed
+#: GEMM as fast as the plain one; 16 MB costs nothing measurable against 64 MB or 256 MB chunks.
+COLUMN_BUDGET_BYTES = 16 * 2**20
+
+#: The same bound on GPUs and other accelerators, where page faults do not apply and every chunk costs a
+#: few dozen kernel launches.
+ACCELERATOR_COLUMN_BUDGET_BYTES = 256 * 2**20
+
+# Per sample (output pixel x kernel point x offset group) bookkeeping besides its C/G channel values, in
+# bytes: 4 int64 corner indices, 4 weights and about 10 coordinate-sized temporaries.
+_BOOKKEEPING_BYTES_PER_SAMPLE = 4 * 8 + 4 * 4 + 10 * 4
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Modulated deformable 2-D convolution with ``torchvision.ops.deform_conv2d`` semantics.
+
+    Each kernel point ``(i, j)`` of output pixel ``(ho, wo)`` samples the input bilinearly at
+    ``(ho·sh − ph + i·dh + dy, wo·sw − pw + j·dw + dx)``; corners outside the image contribute zero (so a
+    sample with ``h <= -1``, ``h >= H``, ``w <= -1`` or ``w >= W`` is zero). The sample is multiplied by
+    the mask, then the samples are combined with ``weight`` as in an ordinary convolution.
+
+    Args:
+        x: Input ``(B, C, H, W)``, any floating dtype. Samples and the GEMM are computed in this dtype;
+            sampling coordinates in at least float32 (a 256-pixel map in float16 would otherwise be
+            addressed in 1/8-pixel steps).
+        offset: ``(B, 2·G·kh·kw, Ho, Wo)`` sampling offsets in pixels, interleaved ``(dy, dx)`` per kernel
+            point, kernel points row-major, offset groups outermost. ``G`` (the number of offset groups)
+            is inferred from the channel count and must divide ``C``; group ``g`` moves input channels
+            ``[g·C/G, (g+1)·C/G)``.
+        weight: ``(O, C, kh, kw)`` convolution weight (grouped convolutions are not supported).
+        bias: Optional ``(O,)`` bias.
+        stride: Convolution stride, int or ``(sh, sw)``.
+        padding: Zero padding, int or ``(ph, pw)``.
+        dilation: Kernel dilation, int or ``(dh, dw)``.
+        mask: Optional ``(B, G·kh·kw, Ho, Wo)`` modulation (DCNv2) multiplying each sample; ``None`` means 1.
+
+    Returns:
+        ``(B, O, Ho, Wo)`` in the dtype of ``x``, with ``Ho = (H + 2·ph − dh·(kh−1) − 1) // sh + 1`` and
+        likewise ``Wo``.
+
+    Raises:
+        ValueError: If the shapes are inconsistent (the message says which tensor and what was expected).
+    """
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    _check_shapes(x, offset, weight, bias, mask, (sh, sw), (ph, pw), (dh, dw))
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    n_points = kh * kw
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    groups = offset.shape[1] // (2 * n_points)
+
+    group_channels = channels // groups
+    # Sampling coordinates need more than float16's 11 significant bits; float64 stays float64.
+    coord_dtype = torch.promote_types(x.dtype, torch.float32)
+    weight = weight.to(x.dtype)
+
+    # (B, G, Ho, Wo, K) dy, dx and mask, in memory in that order (the order the samples are produced in,
+    # so every tensor derived from them is contiguous too). These copies are 3 values per kernel point,
+    # against C/G per kernel point for the samples.
+    offset = (
+        offset.to(coord_dtype)
+        .view(batch, groups, n_points, 2, out_h, out_w)
+        .permute(0, 1, 4, 5, 2, 3)
+        .contiguous()
+    )
+    dy = offset[..., 0]
+    dx = offset[..., 1]
+    if mask is not None:
+        mask = (
+            mask.to(coord_dtype)
+            .view(batch, groups, n_points, out_h, out_w)
+            .permute(0, 1, 3, 4, 2)
+            .contiguous()
+        )
+
+    # Kernel-point positions without offsets: rows (Ho, 1, K) and columns (1, Wo, K).
+    kernel_i = torch.arange(kh, device=x.device, dtype=coord_dtype).repeat_interleave(kw) * dh
+    kernel_j = torch.arange(kw, device=x.device, dtype=coord_dtype).repeat(kh) * dw
+    rows = torch.arange(out_h, device=x.device, dtype=coord_dtype) * sh - ph
+    cols = torch.arange(out_w, device=x.device, dtype=coord_dtype) * sw - pw
+    base_y = (rows[:, None] + kernel_i[None, :])[:, None, :]
+    base_x = (cols[:, None] + kernel_j[None, :])[None, :, :]
+
+    if torch.onnx.is_in_onnx_export():
+        # One GridSample over all output rows: no Python loop in the graph; the runtime plans its memory.
+        columns = _GridSampler(x, groups)(base_y, dy, base_x, dx, mask)
+        # (O, C, kh, kw) -> (G, O, Cg·K), matching the columns (B, G, Cg·K, L); summed over the groups.
+        group_weight = weight.reshape(out_channels, groups, group_channels * n_points).transpose(0, 1)
+        out = torch.matmul(group_weight, columns).sum(dim=1)
+    else:
+        out = _gather_and_multiply(x, weight, base_y, dy, base_x, dx, mask)
+    out = out.view(batch, out_channels, out_h, out_w)
+    if bias is not None:
+        out = out + bias.to(out.dtype).view(1, out_channels, 1, 1)
+    return out
+
+
+def _check_shapes(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> None:
+    """Raise ValueError naming the tensor whose shape does not fit (skipped under the TorchScript tracer,
+    where shapes are traced values and the traced example already fits)."""
+    if torch.jit.is_tracing():
+        return
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(
+            f"stride and dilation must be >= 1 and padding >= 0, got stride {stride}, padding {padding}, "
+            f"dilation {dilation}"
+        )
+    if x.dim() != 4:
+        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be (O, C, kh, kw), got shape {tuple(weight.shape)}")
+    batch, channels, height, width = x.shape
+    out_channels, weight_channels, kh, kw = weight.shape
+    if weight_channels != channels:
+        raise ValueError(
+            f"weight has {weight_channels} input channels but x has {channels}; grouped deformable "
+            "convolutions are not supported (pass a full (O, C, kh, kw) weight)"
+        )
+    n_points = kh * kw
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(
+            f"input {height}x{width} is too small for kernel {kh}x{kw} with padding {(ph, pw)} and "
+            f"dilation {(dh, dw)}: the output would be {out_h}x{out_w}"
+        )
+    if offset.dim() != 4 or offset.shape[1] % (2 * n_points) != 0:
+        raise ValueError(
+            f"offset must be (B, 2*G*{kh}*{kw}, Ho, Wo) for some number of offset groups G, "
+            f"got shape {tuple(offset.shape)}"
+        )
+    groups = offset.shape[1] // (2 * n_points)
+    if groups == 0 or channels % groups != 0:
+        raise ValueError(
+            f"offset has {offset.shape[1]} channels = {groups} offset groups of 2*{n_points}, which does not "
+            f"divide the {channels} input channels"
+        )
+    if tuple(offset.shape) != (batch, 2 * groups * n_points, out_h, out_w):
+        raise ValueError(
+            f"offset must have shape {(batch, 2 * groups * n_points, out_h, out_w)} for x {tuple(x.shape)} "
+            f"and this kernel/stride/padding/dilation, got {tuple(offset.shape)}"
+        )
+    if mask is not None and tuple(mask.shape) != (batch, groups * n_points, out_h, out_w):
+        raise ValueError(
+            f"mask must have shape {(batch, groups * n_points, out_h, out_w)} (one value per offset group, "
+            f"kernel point and output pixel), got {tuple(mask.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
+
+
+def _gather_and_multiply(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    base_y: torch.Tensor,
+    dy: torch.Tensor,
+    base_x: torch.Tensor,
+    dx: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Eager path of deform_conv2d: (B, O, Ho·Wo), sampled and multiplied in chunks of output rows."""
+    batch, groups, out_h, out_w, n_points = dy.shape
+    out_channels, channels = weight.shape[:2]
+    group_channels = channels // groups
+    sampler = _GatherSampler(x, groups)
+    # (O, C, kh, kw) -> (G, O, K·Cg), matching the columns (B, G, L, K·Cg).
+    group_weight = (
+        weight.reshape(out_channels, groups, group_channels, n_points)
+        .permute(1, 0, 3, 2)
+        .reshape(groups, out_channels, n_points * group_channels)
+    )
+    # The largest per-chunk tensors are the columns and the GEMM result (O values per output pixel).
+    bytes_per_sample = group_channels * x.element_size() + _BOOKKEEPING_BYTES_PER_SAMPLE
+    bytes_per_row = batch * out_w * max(groups * n_points * bytes_per_sample, out_channels * x.element_size())
+    budget = COLUMN_BUDGET_BYTES if x.device.type == "cpu" else ACCELERATOR_COLUMN_BUDGET_BYTES
+    rows_per_chunk = max(1, budget // bytes_per_row)
+    rows_per_chunk = math.ceil(out_h / math.ceil(out_h / rows_per_chunk))  # equal chunks
+
+    # In training, keeping every chunk's columns for the backward pass would cost the whole column tensor
+    # (822 MB for the 7x7 at 256x256) per call; recomputing them in the backward pass (as torchvision's
+    # kernel does) keeps training memory at the size of the input, for one more (cheap) sampling pass.
+    recompute = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, dy, dx, mask)
+    )
+    outputs = []
+    for start in range(0, out_h, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, out_h))
+        chunk = (
+            base_y[rows],
+            dy[:, :, rows],
+            base_x,
+            dx[:, :, rows],
+            None if mask is None else mask[:, :, rows],
+        )
+        if recompute:
+            out = checkpoint(
+                _sample_and_multiply,
+                sampler,
+                group_weight,
+                *chunk,
+                use_reentrant=False,
+                preserve_rng_state=False,
+            )
+        else:
+            out = _sample_and_multiply(sampler, group_weight, *chunk)
+        outputs.append(out)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+
+def _sample_and_multiply(
+    sampler: _GatherSampler,
+    group_weight: torch.Tensor,
+    base_y: torch.Tensor,
+    dy: torch.Tensor,
+    base_x: torch.Tensor,
+    dx: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """One chunk of output rows: columns (B, G, L, K·Cg) times the (G, O, K·Cg) weight -> (B, O, L)."""
+    batch, groups = dy.shape[:2]
+    # (G, O, K·Cg) @ (B, G, K·Cg, L), the columns transposed in place -> (B, G, O, L): the output comes out
+    # NCHW, and at chunks of a few thousand columns this GEMM is as fast as (L, K·Cg) @ (K·Cg, O), which
+    # would need a transposing copy of the output.
+    columns = sampler(base_y, dy, base_x, dx, mask).transpose(-1, -2)
+    if batch == 1 and groups == 1:
+        return torch.mm(group_weight[0], columns[0, 0])[None]
+    out = torch.matmul(group_weight, columns)
+    return out.sum(dim=1) if groups > 1 else out.squeeze(1)
+
+
+class _GatherSampler:
+    """Bilinear sampling via ``F.embedding_bag`` over a zero-bordered channels-last table (eager path)."""
+
+    def __init__(self, x: torch.Tensor, groups: int) -> None:
+        batch, channels, height, width = x.shape
+        self.height = height
+        self.width = width
+        # Table rows for pixels -1 .. H+1 by -1 .. W+1, the border ones zero: every corner of a position
+        # clamped to [-1, H] x [-1, W] is a row, and each one outside the image contributes zero.
+        self.padded_w = width + 3
+        plane = (height + 3) * (width + 3)
+        padded = F.pad(x, (1, 2, 1, 2))
+        self.table = (
+            padded.view(batch, groups, channels // groups, height + 3, width + 3)
+            .permute(0, 1, 3, 4, 2)
+            .reshape(batch * groups * plane, channels // groups)
+            .contiguous()  # rows must be contiguous (for B = G = 1 the reshape is a column-major view)
+        )
+        # First table row of each (batch, group) plane, shaped to broadcast against (B, G, R, Wo, K); the
+        # +1s move pixel (-1, -1) to row 0 of its plane.
+        self.row_start = (torch.arange(batch * groups, device=x.device) * plane + self.padded_w + 1).view(
+            batch, groups, 1, 1, 1
+        )
+        # Top-left, top-right, bottom-left, bottom-right corner relative to the top-left one.
+        self.corner_step = torch.tensor([0, 1, self.padded_w, self.padded_w + 1], device=x.device)
+
+    def __call__(
+        self,
+        base_y: torch.Tensor,
+        dy: torch.Tensor,
+        base_x: torch.Tensor,
+        dx: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Samples at ``(base_y + dy, base_x + dx)`` -> columns ``(B, G, R·Wo, K·Cg)``.
+
+        ``base_y`` (R, 1, K) and ``base_x`` (1, Wo, K) are the integer kernel-point positions, ``dy`` and
+        ``dx`` (B, G, R, Wo, K) the offsets, ``mask`` (B, G, R, Wo, K) or ``None``.
+        """
+        batch, groups, n_rows, out_w, n_points = dy.shape
+        # Outside [-1, H] every corner is outside the image: clamping puts such samples on the zero border
+        # with zero gradient, as torchvision returns zero there.
+        dy = torch.clamp(dy, -1 - base_y, self.height - base_y)
+        dx = torch.clamp(dx, -1 - base_x, self.width - base_x)
+        with torch.no_grad():
+            floor_y = dy.floor()
+            floor_x = dx.floor()
+            # Integer-valued, so exact. A NaN offset reads a valid (border) row; its NaN weights still make
+            # the output NaN.
+            row = (base_y + floor_y).nan_to_num(-1).to(torch.int64)
+            col = (base_x + floor_x).nan_to_num(-1).to(torch.int64)
+            index = (row * self.padded_w + col + self.row_start).unsqueeze(-1) + self.corner_step
+        # The fractional part of a float is exact; taking it from the offset rather than from the absolute
+        # position avoids rounding the position to the precision of its magnitude (torchvision's float32
+        # kernel rounds a position near 256 to 2^-16 pixel).
+        frac_y = dy - floor_y
+        frac_x = dx - floor_x
+        weight_y = torch.stack([1 - frac_y, frac_y], dim=-1)
+        if mask is not None:
+            weight_y = weight_y * mask.unsqueeze(-1)
+        weight_x = torch.stack([1 - frac_x, frac_x], dim=-1)
+        # (..., 2, 2) -> corners in corner_step order.
+        weights = (weight_y.unsqueeze(-1) * weight_x.unsqueeze(-2)).to(self.table.dtype)
+        columns = F.embedding_bag(
+            index.view(-1, 4), self.table, per_sample_weights=weights.view(-1, 4), mode="sum"
+        )
+        return columns.view(batch, groups, n_rows * out_w, n_points * self.table.shape[1])
+
+
+class _GridSampler:
+    """Bilinear sampling via ``F.grid_sample`` (ONNX-exportable path; same function as _GatherSampler)."""
+
+    def __init__(self, x: torch.Tensor, groups: int) -> None:
+        batch, channels, height, width = x.shape
+        self.height = height
+        self.width = width
+        self.dtype = x.dtype
+        # Sampled in at least float32: grid coordinates in float16 would address a 256-pixel map in
+        # 1/8-pixel steps.
+        sample_dtype = torch.promote_types(x.dtype, torch.float32)
+        self.input = x.reshape(batch * groups, channels // groups, height, width).to(sample_dtype)
+
+    def __call__(
+        self,
+        base_y: torch.Tensor,
+        dy: torch.Tensor,
+        base_x: torch.Tensor,
+        dx: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Samples at ``(base_y + dy, base_x + dx)`` -> columns ``(B, G, Cg·K, R·Wo)``.
+
+        Shapes as in ``_GatherSampler.__call__``.
+        """
+        batch, groups, n_rows, out_w, n_points = dy.shape
+        pos_y = base_y + dy
+        pos_x = base_x + dx
+        # align_corners=False maps pixel p to (2p + 1) / size - 1 and back, which is defined for 1-pixel
+        # maps too (align_corners=True would divide by size - 1 = 0). Zeros padding drops each
+        # out-of-image corner, as torchvision does.
+        grid_y = (pos_y * 2 + 1) / self.height - 1
+        grid_x = (pos_x * 2 + 1) / self.width - 1
+        # (B*G, K, R*Wo, 2) with (x, y) last, so samples come out as (B*G, Cg, K, R*Wo).
+        grid = torch.stack([grid_x, grid_y], dim=-1).permute(0, 1, 4, 2, 3, 5)
+        grid = grid.reshape(batch * groups, n_points, n_rows * out_w, 2).to(self.input.dtype)
+        samples = F.grid_sample(self.input, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        samples = samples.view(batch, groups, -1, n_points, n_rows * out_w)
+        if mask is not None:
+            mask = mask.permute(0, 1, 4, 2, 3).reshape(batch, groups, 1, n_points, n_rows * out_w)
+            samples = samples * mask.to(samples.dtype)
+        return samples.reshape(batch, groups, -1, n_rows * out_w).to(self.dtype)
+
+
+class DeformableConv2d(nn.Module):
+    """Modulated deformable convolution block of BiRefNet (``ASPPDeformable``'s branches).
+
+    Offsets and modulation are predicted from the input by two ordinary convolutions with the same kernel,
+    stride and padding; both start at zero, so at initialisation the block equals ``regular_conv`` (zero
+    offsets, mask ``2·sigmoid(0) = 1``). Submodule names are the official state-dict keys.
+
+    Args:
+        in_channels: Input channels ``C``.
+        out_channels: Output channels ``O``.
+        kernel_size: Square kernel size ``k`` (BiRefNet uses 1, 3 and 7).
+        stride: Stride of all three convolutions.
+        padding: Zero padding of all three convolutions (BiRefNet uses ``k // 2``).
+        bias: Whether ``regular_conv`` has a bias (the offset and modulator convolutions always do).
+
+    Shape:
+        ``(B, C, H, W) -> (B, O, Ho, Wo)``, as ``nn.Conv2d(C, O, k, stride, padding)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.padding = padding
+        n_points = kernel_size * kernel_size
+        self.offset_conv = nn.Conv2d(in_channels, 2 * n_points, kernel_size, stride, padding, bias=True)
+        self.modulator_conv = nn.Conv2d(in_channels, n_points, kernel_size, stride, padding, bias=True)
+        self.regular_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        self.reset_offsets()
+
+    def reset_offsets(self) -> None:
+        """Zero the offset and modulator convolutions (the block then equals ``regular_conv``)."""
+        for conv in (self.offset_conv, self.modulator_conv):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset = self.offset_conv(x)
+        # Modulation in (0, 2), 1 at initialisation.
+        mask = 2 * torch.sigmoid(self.modulator_conv(x))
+        return deform_conv2d(
+            x,
+            offset,
+            self.regular_conv.weight,
+            self.regular_conv.bias,
+            stride=self.stride,
+            padding=self.padding,
+            mask=mask,
+        )

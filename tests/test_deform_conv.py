@@ -1,0 +1,353 @@
+"""Deformable convolution: against F.conv2d at zero offsets and a slow float64 reference at random offsets."""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from birefnet.models import deform_conv as dc
+from birefnet.models.deform_conv import DeformableConv2d, deform_conv2d
+from conftest import rel_error
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: on a loaded 2-core machine a second BLAS/OpenMP thread only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reference_deform_conv2d(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Obviously-correct float64 loop version of torchvision's deform_conv2d (numpy arrays in and out)."""
+    x = np.asarray(x, np.float64)
+    offset = np.asarray(offset, np.float64)
+    weight = np.asarray(weight, np.float64)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    batch, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    groups = offset.shape[1] // (2 * kh * kw)
+    group_channels = channels // groups
+
+    def pixel(b, g, y, xx):
+        # One corner: zero outside the image.
+        if 0 <= y < height and 0 <= xx < width:
+            return x[b, g * group_channels : (g + 1) * group_channels, y, xx]
+        return np.zeros(group_channels)
+
+    def bilinear(b, g, h, w):
+        if h <= -1 or h >= height or w <= -1 or w >= width:
+            return np.zeros(group_channels)
+        y0, x0 = int(np.floor(h)), int(np.floor(w))
+        ly, lx = h - y0, w - x0
+        return (
+            (1 - ly) * (1 - lx) * pixel(b, g, y0, x0)
+            + (1 - ly) * lx * pixel(b, g, y0, x0 + 1)
+            + ly * (1 - lx) * pixel(b, g, y0 + 1, x0)
+            + ly * lx * pixel(b, g, y0 + 1, x0 + 1)
+        )
+
+    out = np.zeros((batch, out_channels, out_h, out_w))
+    for b in range(batch):
+        for ho in range(out_h):
+            for wo in range(out_w):
+                column = np.zeros((channels, kh, kw))
+                for g in range(groups):
+                    for i in range(kh):
+                        for j in range(kw):
+                            k = i * kw + j
+                            dy = offset[b, g * 2 * kh * kw + 2 * k, ho, wo]
+                            dx = offset[b, g * 2 * kh * kw + 2 * k + 1, ho, wo]
+                            h = ho * sh - ph + i * dh + dy
+                            w = wo * sw - pw + j * dw + dx
+                            value = bilinear(b, g, h, w)
+                            if mask is not None:
+                                value = value * float(mask[b, g * kh * kw + k, ho, wo])
+                            column[g * group_channels : (g + 1) * group_channels, i, j] = value
+                out[b, :, ho, wo] = np.einsum("ocij,cij->o", weight, column)
+    if bias is not None:
+        out += np.asarray(bias, np.float64)[None, :, None, None]
+    return out
+
+
+def output_size(size, k, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def random_case(batch, channels, out_channels, height, width, k, stride, padding, dilation, groups, scale):
+    out_h = output_size(height, k, stride, padding, dilation)
+    out_w = output_size(width, k, stride, padding, dilation)
+    x = torch.randn(batch, channels, height, width, dtype=torch.float64)
+    offset = torch.randn(batch, 2 * groups * k * k, out_h, out_w, dtype=torch.float64) * scale
+    mask = torch.rand(batch, groups * k * k, out_h, out_w, dtype=torch.float64) * 2
+    weight = torch.randn(out_channels, channels, k, k, dtype=torch.float64)
+    bias = torch.randn(out_channels, dtype=torch.float64)
+    return x, offset, weight, bias, mask
+
+
+@contextlib.contextmanager
+def sampler(name):
+    """Force the eager (gather) or the ONNX-export (grid_sample) sampling path."""
+    with mock.patch.object(dc.torch.onnx, "is_in_onnx_export", return_value=name == "grid"):
+        yield
+
+
+SAMPLERS = ["gather", "grid"]
+
+
+@pytest.mark.parametrize("path", SAMPLERS)
+@pytest.mark.parametrize(
+    ("k", "stride", "padding", "dilation", "with_bias"),
+    [(1, 1, 0, 1, False), (1, 2, 0, 1, True), (3, 1, 1, 1, True), (3, 2, 1, 1, False), (3, 1, 2, 2, True),
+     (7, 1, 3, 1, False), (7, 2, 3, 1, True)],
+)  # fmt: skip
+def test_zero_offsets_unit_mask_equal_conv2d(path, k, stride, padding, dilation, with_bias):
+    x = torch.randn(2, 5, 13, 10)
+    weight = torch.randn(4, 5, k, k)
+    bias = torch.randn(4) if with_bias else None
+    out_h = output_size(13, k, stride, padding, dilation)
+    out_w = output_size(10, k, stride, padding, dilation)
+    offset = torch.zeros(2, 2 * k * k, out_h, out_w)
+    mask = torch.ones(2, k * k, out_h, out_w)
+    expected = F.conv2d(x, weight, bias, stride, padding, dilation)
+    with sampler(path):
+        for m in (None, mask):
+            ours = deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask=m)
+            assert ours.shape == expected.shape
+            assert rel_error(ours, expected) < 1e-6
+
+
+@pytest.mark.parametrize("path", SAMPLERS)
+@pytest.mark.parametrize(
+    ("batch", "channels", "height", "width", "k", "stride", "padding", "dilation", "groups"),
+    [
+        (2, 3, 6, 9, 3, 1, 1, 1, 1),  # non-square, batch 2
+        (2, 4, 7, 5, 3, 2, 1, 1, 2),  # stride 2, two offset groups
+        (1, 4, 5, 6, 3, 1, 2, 2, 2),  # dilation
+        (1, 3, 6, 6, 1, 1, 0, 1, 1),  # 1x1
+        (2, 2, 9, 8, 7, 1, 3, 1, 1),  # 7x7
+        (1, 3, 6, 1, 3, 1, 1, 1, 1),  # 1-pixel-wide map
+        (1, 3, 1, 5, 3, 1, 1, 1, 1),  # 1-pixel-high map
+        (2, 2, 1, 1, 7, 1, 3, 1, 1),  # 1x1 map (deepest stage of a tiny input)
+        (1, 2, 1, 1, 1, 1, 0, 1, 1),  # 1x1 map, 1x1 kernel
+    ],
+)
+def test_matches_float64_reference(
+    path, batch, channels, height, width, k, stride, padding, dilation, groups
+):
+    # Offsets of several pixels push many samples partly or wholly outside the image.
+    x, offset, weight, bias, mask = random_case(
+        batch, channels, 3, height, width, k, stride, padding, dilation, groups, scale=3.0
+    )
+    expected = reference_deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+    with sampler(path):
+        ours64 = deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+        x32, offset32, weight32, bias32, mask32 = (t.float() for t in (x, offset, weight, bias, mask))
+        ours32 = deform_conv2d(x32, offset32, weight32, bias32, stride, padding, dilation, mask32)
+        no_mask = deform_conv2d(x, offset, weight, None, stride, padding, dilation)
+    assert ours64.dtype == torch.float64
+    assert ours32.dtype == torch.float32
+    expected = torch.from_numpy(expected)
+    assert rel_error(ours64, expected) < 1e-12
+    assert rel_error(ours32, expected) < 1e-6
+    expected_no_mask = reference_deform_conv2d(x, offset, weight, None, stride, padding, dilation)
+    assert rel_error(no_mask, torch.from_numpy(expected_no_mask)) < 1e-12
+
+
+@pytest.mark.parametrize(("path", "tolerance"), [("gather", 1e-6), ("grid", 5e-5)])
+def test_float32_precision_far_from_the_origin(path, tolerance):
+    """Positions near 250 px: float32 rounds them to 2^-16 px, so the gather path takes fractions from the
+    offsets; grid_sample's normalisation round trip costs about that much (the export path)."""
+    x, offset, weight, bias, mask = random_case(1, 4, 3, 3, 256, 3, 1, 1, 1, 1, scale=3.0)
+    expected = torch.from_numpy(reference_deform_conv2d(x, offset, weight, bias, 1, 1, 1, mask))
+    with sampler(path):
+        ours = deform_conv2d(x.float(), offset.float(), weight.float(), bias.float(), 1, 1, 1, mask.float())
+    assert rel_error(ours, expected) < tolerance
+
+
+@pytest.mark.parametrize("path", SAMPLERS)
+def test_samples_on_and_beyond_the_border(path):
+    """Positions exactly on pixel centres, on -1 / H, and far outside the image."""
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64)
+    weight = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    values = torch.tensor([-100.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.25, 1.0, 3.5, 4.0, 5.0, 100.0])
+    offset = values[torch.randint(len(values), (1, 18, 4, 5))].double()
+    expected = reference_deform_conv2d(x, offset, weight, padding=1)
+    with sampler(path):
+        ours = deform_conv2d(x, offset, weight, padding=1)
+    assert rel_error(ours, torch.from_numpy(expected)) < 1e-12
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_chunked_equals_unchunked(groups, monkeypatch):
+    x, offset, weight, bias, mask = random_case(2, 4, 5, 11, 9, 3, 1, 1, 1, groups, scale=2.0)
+    whole = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 1)  # one output row per chunk
+    chunked = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    assert rel_error(chunked, whole) < 1e-14
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 4 * 9 * 5 * 8 * 4)  # ~4 rows per chunk: 3 chunks
+    assert rel_error(deform_conv2d(x, offset, weight, bias, padding=1, mask=mask), whole) < 1e-14
+
+
+@pytest.mark.parametrize("path", SAMPLERS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gradcheck(path, groups):
+    # Offsets stay away from integers (where bilinear interpolation has kinks) but go outside the image.
+    x, offset, weight, bias, mask = random_case(1, 2, 2, 4, 3, 3, 1, 1, 1, groups, scale=1.5)
+    offset = offset.round() + 0.1 + 0.8 * torch.rand_like(offset)
+    inputs = tuple(t.requires_grad_() for t in (x, offset, weight, bias, mask))
+    with sampler(path):
+        # fast_mode checks random projections of every input's Jacobian (seconds instead of minutes).
+        assert torch.autograd.gradcheck(
+            lambda *a: deform_conv2d(a[0], a[1], a[2], a[3], padding=1, mask=a[4]), inputs, fast_mode=True
+        )
+
+
+def test_gradcheck_full_jacobian():
+    """Every Jacobian entry of the eager path, on a case small enough for the slow mode."""
+    x, offset, weight, bias, mask = random_case(1, 2, 2, 3, 2, 3, 1, 1, 1, 1, scale=1.5)
+    offset = offset.round() + 0.1 + 0.8 * torch.rand_like(offset)
+    inputs = tuple(t.requires_grad_() for t in (x, offset, weight, bias, mask))
+    assert torch.autograd.gradcheck(
+        lambda *a: deform_conv2d(a[0], a[1], a[2], a[3], padding=1, mask=a[4]), inputs
+    )
+
+
+def test_nan_offsets_propagate():
+    x = torch.randn(1, 2, 5, 5)
+    offset = torch.zeros(1, 18, 5, 5)
+    offset[0, 0, 2, 3] = float("nan")
+    offset[0, 3, 1, 1] = float("inf")
+    out = deform_conv2d(x, offset, torch.randn(3, 2, 3, 3), padding=1)
+    assert out[0, :, 2, 3].isnan().all()
+    assert out.isnan().sum() == 3 and torch.isfinite(out[0, :, 1, 1]).all()
+
+
+def test_gradcheck_across_chunks(monkeypatch):
+    """Chunks recompute their columns in the backward pass; gradients must not notice."""
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 1)  # one output row per chunk
+    x, offset, weight, bias, mask = random_case(2, 2, 2, 4, 3, 3, 1, 1, 1, 2, scale=1.5)
+    offset = offset.round() + 0.1 + 0.8 * torch.rand_like(offset)
+    inputs = tuple(t.requires_grad_() for t in (x, offset, weight, bias, mask))
+    assert torch.autograd.gradcheck(
+        lambda *a: deform_conv2d(a[0], a[1], a[2], a[3], padding=1, mask=a[4]), inputs, fast_mode=True
+    )
+
+
+def test_training_does_not_keep_the_columns():
+    """Memory saved for backward stays near the input size, not the (B, C·k·k, Ho·Wo) column tensor."""
+    m = DeformableConv2d(32, 8, kernel_size=3, padding=1)
+    x = torch.randn(1, 32, 20, 20, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = m(x)
+    n_columns = 32 * 9 * 20 * 20
+    assert sum(saved) < n_columns / 2
+    out.sum().backward()
+    assert x.grad is not None and m.offset_conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow  # ~15 s: the torch.export-based exporter
+def test_onnx_export_matches_eager(tmp_path):
+    """The export path (GridSample, opset 18) runs in onnxruntime like the eager module (when installed)."""
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    m = DeformableConv2d(4, 3, kernel_size=3, padding=1).eval()
+    with torch.no_grad():
+        m.offset_conv.weight.normal_(0, 0.3)
+        m.modulator_conv.weight.normal_(0, 0.3)
+    x = torch.randn(1, 4, 9, 7)
+    path = tmp_path / "deform.onnx"
+    torch.onnx.export(m, (x,), str(path), dynamo=True)
+    onnx = pytest.importorskip("onnx")
+    assert "GridSample" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path))
+    (ours,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert rel_error(torch.from_numpy(ours), m(x)) < 1e-5
+
+
+def test_gradients_flow_through_module():
+    m = DeformableConv2d(3, 4, kernel_size=3, padding=1, bias=True)
+    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+    m(x).square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("path", SAMPLERS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_inputs(path, dtype):
+    x, offset, weight, bias, mask = random_case(1, 4, 3, 8, 8, 3, 1, 1, 1, 1, scale=2.0)
+    expected = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    with sampler(path):
+        low = [t.to(dtype) for t in (x, offset, weight, bias, mask)]
+        ours = deform_conv2d(low[0], low[1], low[2], low[3], padding=1, mask=low[4])
+    assert ours.dtype == dtype
+    # Inputs rounded to 8 (bf16) or 11 (fp16) bits and products summed in that precision.
+    assert rel_error(ours, expected) < (3e-2 if dtype == torch.bfloat16 else 5e-3)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_module_at_init_equals_regular_conv(k, with_bias):
+    m = DeformableConv2d(6, 5, kernel_size=k, padding=k // 2, bias=with_bias)
+    x = torch.randn(2, 6, 9, 12)
+    assert rel_error(m(x), m.regular_conv(x)) < 1e-6
+    expected_keys = {
+        "offset_conv.weight",
+        "offset_conv.bias",
+        "modulator_conv.weight",
+        "modulator_conv.bias",
+        "regular_conv.weight",
+    } | ({"regular_conv.bias"} if with_bias else set())
+    assert set(m.state_dict()) == expected_keys
+    assert m.offset_conv.weight.shape == (2 * k * k, 6, k, k)
+    assert m.modulator_conv.weight.shape == (k * k, 6, k, k)
+    assert m.regular_conv.weight.shape == (5, 6, k, k)
+    assert not m.offset_conv.weight.any() and not m.offset_conv.bias.any()
+    assert not m.modulator_conv.weight.any() and not m.modulator_conv.bias.any()
+
+
+def test_module_stride_and_trained_offsets_match_reference():
+    m = DeformableConv2d(3, 4, kernel_size=3, stride=2, padding=1).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(1, 3, 7, 8, dtype=torch.float64)
+    offset = m.offset_conv(x)
+    mask = 2 * torch.sigmoid(m.modulator_conv(x))
+    weight = m.regular_conv.weight.detach()
+    expected = reference_deform_conv2d(x, offset.detach(), weight, None, 2, 1, 1, mask.detach())
+    out = m(x)
+    assert out.shape == (1, 4, 4, 4)
+    assert rel_error(out, torch.from_numpy(expected)) < 1e-12
+
+
+def test_shape_errors_are_explained():
+    x = torch.randn(1, 4, 6, 6)
+    weight = torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match="offset must have shape"):
+        deform_conv2d(x, torch.zeros(1, 18, 5, 5), weight, padding=1)
+    with pytest.raises(ValueError, match="offset groups"):
+        deform_conv2d(x, torch.zeros(1, 54, 6, 6), weight, padding=1)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        deform_conv2d(x, torch.zeros(1, 18, 6, 6), weight, padding=1, mask=torch.ones(1, 18, 6, 6))
+    with pytest.raises(ValueError, match="input channels"):
+        deform_conv2d(x, torch.zeros(1, 18, 6, 6), torch.randn(2, 3, 3, 3), padding=1)
