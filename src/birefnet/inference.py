@@ -300,6 +300,10 @@ class Predictor:
         input_resize: "pil" (Pillow bilinear, antialiased; the tutorial's) or "cv2" (OpenCV
             INTER_LINEAR; the official evaluation loader's).
         max_pixels: refuse decoding images larger than this (decompression bombs).
+        backend: "torch" (default) or "onnx": run a file written by ``birefnet export onnx`` with
+            ONNX Runtime (``model`` or ``weights`` is the .onnx path; chosen automatically for
+            files ending in .onnx). Pre- and post-processing are the same; ``precision`` and
+            ``patch_order`` are fixed in the file; ``device`` picks the ONNX Runtime provider.
 
     Not thread-safe: use one Predictor per thread, or call it from one thread.
     """
@@ -320,10 +324,21 @@ class Predictor:
         tile_overlap: float = 0.25,
         input_resize: Literal["pil", "cv2"] = "pil",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        backend: Literal["torch", "onnx"] | None = None,
     ) -> None:
-        self.device = select_device(device)
-        self.precision = select_precision(precision, self.device)
-        self.model, self.spec, self.name, self.weights_path = _load(model, weights, patch_order)
+        self.backend = _backend(backend, model, weights)
+        if self.backend == "onnx":
+            from birefnet.onnx_runtime import load_onnx
+
+            # ONNX Runtime picks its own device; tensors are handed over on the CPU, in the file's dtype.
+            self.model, self.spec, self.name, self.weights_path = load_onnx(
+                model, weights, device, patch_order
+            )
+            self.device, self.precision = torch.device("cpu"), "fp32"
+        else:
+            self.device = select_device(device)
+            self.precision = select_precision(precision, self.device)
+            self.model, self.spec, self.name, self.weights_path = _load(model, weights, patch_order)
         self.model.eval().to(self.device)
         if self.spec is not None and not self.spec.commercial:
             logger.warning(
@@ -337,7 +352,10 @@ class Predictor:
         if policy not in RESOLUTIONS:
             raise ValueError(f"unknown resolution policy {policy!r}; use {', '.join(RESOLUTIONS)}")
         self.resolution: str = policy
-        self.size: tuple[int, int] = parse_size(size) or (self.spec.size if self.spec else DEFAULT_SIZE)
+        default_size = getattr(self.model, "default_size", None)  # an ONNX file's static or training size
+        self.size: tuple[int, int] = (
+            parse_size(size) or default_size or (self.spec.size if self.spec else DEFAULT_SIZE)
+        )
         if policy != "dynamic":
             check_multiple(self.size)
         if batch_size < 1:
@@ -350,8 +368,14 @@ class Predictor:
             raise ValueError(f"input_resize must be 'pil' or 'cv2', got {input_resize!r}")
         self.input_resize = input_resize
         self.max_pixels = max_pixels
-        self.mean = tuple(mean or (self.spec.mean if self.spec else IMAGENET_MEAN))
-        self.std = tuple(std or (self.spec.std if self.spec else IMAGENET_STD))
+        self.mean = tuple(
+            mean
+            or getattr(self.model, "input_mean", None)
+            or (self.spec.mean if self.spec else IMAGENET_MEAN)
+        )
+        self.std = tuple(
+            std or getattr(self.model, "input_std", None) or (self.spec.std if self.spec else IMAGENET_STD)
+        )
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         logger.info("%s", self.describe())
@@ -368,10 +392,12 @@ class Predictor:
             "dynamic": f"dynamic <= {w * h:,} px",
             "tiled": f"tiled {w}x{h} tiles",
         }
-        return (
-            f"model {self.name}{backbone} on {describe_device(self.device)}, {self.precision}, "
-            f"{what[self.resolution]}"
+        where = (
+            self.model.describe()
+            if self.backend == "onnx"
+            else f"{describe_device(self.device)}, {self.precision}"
         )
+        return f"model {self.name}{backbone} on {where}, {what[self.resolution]}"
 
     def __repr__(self) -> str:
         return f"Predictor({self.describe()})"
@@ -559,6 +585,17 @@ class Predictor:
 def _chunks(items: Sequence[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield list(items[i : i + n])
+
+
+def _backend(backend: str | None, model: ModelSource, weights: str | os.PathLike | None) -> str:
+    """ "torch" or "onnx": as given, else "onnx" for a model/weights path ending in .onnx."""
+    if backend is None:
+        source = weights if weights is not None else model
+        is_onnx = isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".onnx")
+        return "onnx" if is_onnx else "torch"
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
+    return backend
 
 
 def _load(

@@ -134,6 +134,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "--resolution", choices=("fixed", "dynamic", "tiled"), help="resolution policy (default: model's)"
     )
     m.add_argument("--patch-order", choices=("current", "legacy"), help="override the registry's patch order")
+    m.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        help="torch (default) or onnx: run an exported .onnx file with ONNX Runtime (automatic for *.onnx)",
+    )
     r = parser.add_argument_group("runtime")
     r.add_argument(
         "--batch-size", type=_positive_int, metavar="N", help="images per forward pass (default 1)"
@@ -695,6 +700,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size or 1,
                 patch_order=args.patch_order,
                 max_pixels=options.max_pixels,
+                backend=args.backend,
             )
         except (CheckpointError, ValueError, KeyError, OSError) as e:
             message = str(e).strip("'\"")
