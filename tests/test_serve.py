@@ -434,15 +434,21 @@ def test_concurrent_requests_are_batched_in_process():
 # A real network through the app
 
 
-@requires_shared
-def test_real_pvt_model_answer_equals_predictor(tmp_path):
+@pytest.fixture(scope="module")
+def pvt_model():
     from birefnet.config import BiRefNetConfig
     from birefnet.models.birefnet import BiRefNet
-    from birefnet.postprocess import mask_to_uint8
 
     model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0"))
     model.load_state_dict(official_state_dict("pvt_v2_b0", 0))
-    predictor = Predictor(model.eval(), size=64, device="cpu")
+    return model.eval()
+
+
+@requires_shared
+def test_real_pvt_model_answer_equals_predictor(pvt_model):
+    from birefnet.postprocess import mask_to_uint8
+
+    predictor = Predictor(pvt_model, size=64, device="cpu")
     app = create_app({"pvt": predictor})
     rgb = rand_rgb(48, 80, seed=3)
     with TestClient(app) as c:
@@ -515,3 +521,47 @@ def test_50_concurrent_requests_against_uvicorn():
         thread.join(15)
         sock.close()
     assert not thread.is_alive(), "uvicorn did not stop"
+
+
+# --------------------------------------------------------------------------------------------
+# The serve CLI (uvicorn.run replaced: the app it would serve is checked in-process)
+
+
+def test_serve_cli_parses_models():
+    from birefnet.cli.serve import parse_models
+
+    assert parse_models(["lite", "mine=./w.safetensors"]) == [
+        (None, None, "lite"),
+        ("mine", "mine", "./w.safetensors"),
+    ]
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        parse_models(["=x"])
+
+
+def test_serve_cli_usage_errors(tmp_path, capsys):
+    from birefnet.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing.safetensors")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+@requires_shared
+def test_serve_cli_builds_app_from_checkpoint(tmp_path, monkeypatch, pvt_model):
+    import uvicorn
+
+    from birefnet.cli import main
+    from birefnet.weights import save_pretrained
+
+    folder = save_pretrained(pvt_model, tmp_path / "pvt")
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    args = ["serve", "--model", f"mine={folder}", "--size", "64", "--device", "cpu", "--queue-size", "3"]
+    assert main([*args, "--max-upload-mb", "1", "--port", "0"]) == 0
+    assert served["host"] == "127.0.0.1" and served["port"] == 0
+    with TestClient(served["app"]) as c:
+        info = c.get("/v1/models").json()
+        assert info["default"] == "mine" and info["models"][0]["backbone"] == "pvt_v2_b0"
+        assert c.get("/healthz").json()["capacity"] == 3
+        r = upload(c, output="mask")
+        assert r.status_code == 200 and r.headers["x-model"] == "mine"
+        assert_error(upload(c, data=b"\0" * (1024 * 1024 + 1)), 413, "too_large")

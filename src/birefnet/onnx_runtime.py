@@ -99,7 +99,7 @@ class OnnxModel(torch.nn.Module):
 
     Attributes:
         metadata: the file's metadata_props.
-        name: registry name from the metadata, or the file stem.
+        name: registry name from the metadata, or the file stem for other weights.
         input_mean, input_std: the normalisation the graph expects its input to have been given
             (ImageNet for files without metadata).
         normalize_in_graph: the graph normalises itself (its input is RGB in [0, 1]);
@@ -158,7 +158,8 @@ class OnnxModel(torch.nn.Module):
             else None
         )
         self.static_batch: int | None = int(shape[0]) if shape and isinstance(shape[0], int) else None
-        self.name = self.metadata.get("birefnet.name") or self.path.stem
+        recorded = self.metadata.get("birefnet.name")
+        self.name = recorded if recorded and recorded != "custom" else self.path.stem
         self.input_mean = tuple(json.loads(self.metadata.get("birefnet.mean", "[0.485, 0.456, 0.406]")))
         self.input_std = tuple(json.loads(self.metadata.get("birefnet.std", "[0.229, 0.224, 0.225]")))
         self.normalize_in_graph = self.metadata.get("birefnet.input") == "rgb01"
