@@ -321,10 +321,19 @@ def test_bad_data_trains_on_the_good_pairs(tmp_path: Path, one_thread) -> None:
         train(cfg.replace(data=dataclasses.replace(cfg.data, strict=True)))
 
 
-def test_frozen_backbone_clipping_and_validation(data_root: Path, tmp_path: Path, one_thread) -> None:
+def test_backbone_weights_frozen_backbone_clipping_and_validation(
+    data_root: Path, tmp_path: Path, one_thread
+) -> None:
+    from birefnet.models.backbones import build_backbone
+
+    # ImageNet weights in the original PVTv2 release format: a plain state dict with a classifier head
+    torch.manual_seed(123)
+    release = {**build_backbone("pvt_v2_b0").state_dict(), "head.weight": torch.zeros(1000, 256)}
+    torch.save(release, tmp_path / "pvt_v2_b0.pth")
     cfg = TrainConfig.from_dict(
         tiny_config(
             data_root, tmp_path / "run", freeze_backbone=True, optim={"grad_clip": 1.0},
+            backbone_weights=str(tmp_path / "pvt_v2_b0.pth"),
             data={"val_sets": ["val"]}, val_every_epochs=1, max_steps=2, checkpoint_every_steps=1,
         )
     )  # fmt: skip
@@ -332,6 +341,7 @@ def test_frozen_backbone_clipping_and_validation(data_root: Path, tmp_path: Path
     assert result.stopped == "max_steps" and result.global_step == 2
     first = _weights(tmp_path / "run" / "checkpoints" / "step-00000001")
     second = _weights(tmp_path / "run" / "checkpoints" / "step-00000002")
+    assert all(torch.equal(second[f"bb.{k}"], v) for k, v in release.items() if k != "head.weight")
     assert all(torch.equal(first[k], second[k]) for k in first if k.startswith("bb."))
     assert any(not torch.equal(first[k], second[k]) for k in first if k.startswith("decoder."))
     log = read_log(tmp_path / "run" / "train_log.jsonl")

@@ -35,6 +35,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import os
 
     from birefnet.data import EmptyDatasetError
     from birefnet.train import ConfigError, load_config, train
@@ -64,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, EmptyDatasetError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     if result.stopped:
+        how = "--resume auto --set max_steps=null" if result.stopped == "max_steps" else "--resume auto"
         print(
-            f"stopped ({result.stopped}) at step {result.global_step}; continue with --resume auto "
-            f"(checkpoint {result.last_checkpoint})"
+            f"stopped ({result.stopped}) at step {result.global_step}, checkpoint {result.last_checkpoint}; "
+            f"continue with the same command plus {how}"
         )
     else:
         print(

@@ -161,7 +161,8 @@ class TrainConfig:
             or Hugging Face id; loaded strictly.
         backbone_weights: ImageNet weights of the backbone in the original Swin / PVTv2 release
             format (training from scratch, as the official recipe); ignored with init_checkpoint.
-        freeze_backbone: do not train the backbone (its parameters get no gradient).
+        freeze_backbone: do not train the backbone: no gradients, and kept in eval mode (fixed
+            BatchNorm statistics, no stochastic depth). The official option only stops gradients.
         data, loss, optim: see :class:`DataConfig`, :class:`LossConfig`, :class:`OptimConfig`.
         epochs: number of epochs (official: DIS5K 500, General 200, Matting 150 ...).
         batch_size: micro-batch per process (official 8 per GPU: note the IoU term is summed over

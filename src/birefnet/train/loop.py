@@ -117,10 +117,6 @@ def build_model(config: TrainConfig, resume_from: Path | None = None) -> tuple[n
     return model, "random initialisation"
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def _build_data(config: TrainConfig, dist_info: DistInfo, out_dir: Path) -> tuple[SegmentationDataset, Any]:
     d = config.data
     pairs, report = find_pairs(
@@ -186,7 +182,7 @@ def validate(
     from birefnet.metrics import Evaluator
 
     d = config.data
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # restored exactly (a frozen backbone stays in eval)
     model.eval()
     results: dict[str, float] = {}
     per_metric: dict[str, list[float]] = {}
@@ -211,7 +207,8 @@ def validate(
             per_metric.setdefault(metric, []).append(float(value))
     for metric, values in per_metric.items():
         results[f"val/{metric}"] = float(np.mean(values))
-    model.train(was_training)
+    for m, training in modes.items():
+        m.train(training)
     return results
 
 
@@ -335,10 +332,7 @@ def _train(
     model, origin = build_model(config, resume_from)
     model_config: BiRefNetConfig = model.config
     config = config.replace(model=model_config)  # the resolved architecture goes into config.yaml
-    if config.freeze_backbone:
-        for p in model.bb.parameters():
-            p.requires_grad_(False)
-    if _has_batchnorm(model) and config.batch_size == 1 and not (config.sync_batchnorm and world > 1):
+    if model_config.norm == "bn" and config.batch_size == 1 and not (config.sync_batchnorm and world > 1):
         raise ValueError(
             "the model has BatchNorm (model.norm='bn') but batch_size is 1: batch statistics of one "
             "sample are degenerate (the official code removes BatchNorm when batch_size is 1). Use "
@@ -348,6 +342,12 @@ def _train(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     model.train()
+    if config.freeze_backbone:
+        # A fixed feature extractor: no gradients, and eval mode so that BatchNorm statistics
+        # (VGG-BN, ResNet) and stochastic depth do not change it either.
+        for p in model.bb.parameters():
+            p.requires_grad_(False)
+        model.bb.eval()
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("model %s: %.2fM parameters (%.2fM trained); %s", model_config.backbone, n_params / 1e6,
@@ -388,6 +388,7 @@ def _train(
     amp_dtype = _resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    use_labels = model_config.auxiliary_classification  # DIS class labels feed the class head only
 
     # ---- resume
     global_step, start_epoch, start_step, elapsed_before = 0, 0, 0, 0.0
@@ -472,7 +473,10 @@ def _train(
         barrier()
 
     stopped = ""
-    epoch = start_epoch
+    epochs_completed = start_epoch
+    periodic_at_epoch_end = False
+    if start_epoch >= config.epochs:
+        logger.info("the checkpoint already completed all %d epochs; nothing to train", config.epochs)
     show_progress = dist_info.is_main and config.progress
     with _stop_on_sigterm() as sigterm:
         for epoch in range(start_epoch, config.epochs):
@@ -503,7 +507,7 @@ def _train(
                     if config.data.dynamic_size
                     else None
                 )
-                sums: dict[str, float] = {}
+                sums: dict[str, torch.Tensor] = {}  # summed on the device: one sync per step, not per term
                 for micro in range(config.grad_accum_steps):
                     batch = next(batches)
                     images = batch["image"].to(device, non_blocking=True)
@@ -523,15 +527,16 @@ def _train(
                             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                         ):
                             out = train_model(images)
-                        total, parts = criterion(out, masks, labels if (labels >= 0).any() else None)
+                        total, parts = criterion(out, masks, labels if use_labels else None)
                         scaler.scale(total / config.grad_accum_steps).backward()
-                    sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-                    for name, value in parts.items():
-                        sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + float(value.detach())
+                    for name, value in (("loss", total), *((f"loss/{k}", v) for k, v in parts.items())):
+                        value = value.detach().float()
+                        sums[name] = sums[name] + value if name in sums else value
                 grad_norm = None
                 if config.optim.grad_clip is not None:
                     scaler.unscale_(optimizer)
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip))
+                step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used (logged below)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -544,8 +549,8 @@ def _train(
                     config.max_minutes is not None and minutes >= config.max_minutes
                 )
                 keys = sorted(sums)
-                packed = torch.tensor([sums[k] / config.grad_accum_steps for k in keys] + [float(want_stop)],
-                                      dtype=torch.float64, device=device)  # fmt: skip
+                flag = torch.tensor(float(want_stop), dtype=torch.float32, device=device)
+                packed = torch.stack([sums[k] / config.grad_accum_steps for k in keys] + [flag])
                 packed = all_reduce_mean(packed).cpu().tolist()
                 values = dict(zip(keys, packed[:-1]))
                 stop_now = packed[-1] > 0
@@ -556,7 +561,7 @@ def _train(
                         "enable optim.grad_clip, or use precision=fp32/bf16 instead of fp16"
                     )
                 if log is not None:
-                    record = {"step": global_step, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                    record = {"step": global_step, "epoch": epoch + 1, "lr": step_lr,
                               **values, "images_per_s": sampler.global_batch_size / dt, "step_time": dt,
                               "time": elapsed_before + time.perf_counter() - t_start}  # fmt: skip
                     if grad_norm is not None:
@@ -576,6 +581,7 @@ def _train(
                 elif stop_now:
                     stopped = "signal" if sigterm["stop"] else "max_minutes"
                 periodic = config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0
+                periodic_at_epoch_end = bool(periodic and epoch_done)
                 if stopped or (periodic and not epoch_done):
                     save(epoch, step_in_epoch + 1)
                 if stopped:
@@ -599,11 +605,14 @@ def _train(
                     logger.info("epoch %d validation: %s", epochs_completed,
                                 ", ".join(f"{k}={v:.4f}" for k, v in validation.items() if k.count("/") == 1))  # fmt: skip
                 barrier()
-            if epochs_completed % config.checkpoint_every_epochs == 0 or epochs_completed == config.epochs:
+            if (
+                epochs_completed % config.checkpoint_every_epochs == 0
+                or epochs_completed == config.epochs
+                or periodic_at_epoch_end
+            ):
                 save(epoch, steps_per_epoch)
             start_step = 0
 
-    epochs_completed = epoch + 1 if not stopped else epoch
     final_dir = None
     if dist_info.is_main:
         if not stopped:
