@@ -264,21 +264,26 @@ def test_training_does_not_keep_the_columns():
 
 @pytest.mark.slow  # ~15 s: the torch.export-based exporter
 def test_onnx_export_matches_eager(tmp_path):
-    """The export path (GridSample, opset 18) runs in onnxruntime like the eager module (when installed)."""
+    """The export path (GridSample) runs in onnxruntime like the eager module, at other sizes than the
+    example too (dynamic H and W)."""
     pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
     m = DeformableConv2d(4, 3, kernel_size=3, padding=1).eval()
     with torch.no_grad():
         m.offset_conv.weight.normal_(0, 0.3)
         m.modulator_conv.weight.normal_(0, 0.3)
-    x = torch.randn(1, 4, 9, 7)
     path = tmp_path / "deform.onnx"
-    torch.onnx.export(m, (x,), str(path), dynamo=True)
+    height, width = torch.export.Dim("height", min=1, max=64), torch.export.Dim("width", min=1, max=64)
+    torch.onnx.export(
+        m, (torch.randn(1, 4, 9, 7),), str(path), dynamo=True, dynamic_shapes={"x": {2: height, 3: width}}
+    )
     onnx = pytest.importorskip("onnx")
     assert "GridSample" in {node.op_type for node in onnx.load(str(path)).graph.node}
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path))
-    (ours,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    assert rel_error(torch.from_numpy(ours), m(x)) < 1e-5
+    for shape in [(1, 4, 9, 7), (1, 4, 5, 12), (1, 4, 1, 6)]:
+        x = torch.randn(shape)
+        (ours,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert rel_error(torch.from_numpy(ours), m(x)) < 1e-5, shape
 
 
 def test_gradients_flow_through_module():

@@ -17,7 +17,7 @@ How it is computed (eager mode):
    is taken from the offset, not from the absolute position, so it is exact in float32 wherever the
    position is (torchvision's float32 kernel rounds a position near 256 to 2^-16 pixel).
 3. ``F.embedding_bag(mode="sum", per_sample_weights=...)`` gathers and blends the 4 corner rows of every
-   sample in one fused pass over contiguous channel vectors: 3.5-4× faster on CPU than ``F.grid_sample``
+   sample in one fused pass over contiguous channel vectors: 3-6× faster on CPU than ``F.grid_sample``
    (whose NCHW kernel gathers each channel separately), index bookkeeping included.
 4. One GEMM with the weight reshaped to ``(O, k·k·C)`` gives the output. k = 1 needs no special case: its
    columns are just the ``(L, C)`` sampled input, and the GEMM a pointwise convolution. Output rows are
@@ -25,9 +25,10 @@ How it is computed (eager mode):
    are recomputed in the backward pass instead of kept (torch.utils.checkpoint), so training memory
    stays at the size of the inputs, as with torchvision's kernel.
 
-The sampling is ~20 % of the cost for k = 7 and the GEMM the rest: it has exactly the FLOPs of the plain
-convolution, but MKL's sgemm runs it ~15 % slower than oneDNN's direct convolution on the plain conv.
-See benchmarks/deform_conv.py.
+For k = 7 the sampling and its bookkeeping are ~15 % of the time and the GEMM the rest: it has exactly the
+FLOPs of the plain convolution, but MKL's sgemm runs it ~15-25 % slower than oneDNN's direct convolution.
+On one CPU thread the 20 deformable convolutions of a 1024x1024 BiRefNet forward cost 1.35x the plain
+convolutions of the same shapes (benchmarks/deform_conv.py).
 
 During ``torch.onnx`` export a ``F.grid_sample`` formulation (ONNX ``GridSample``, opset 16+, no chunk
 loop) is used instead; it computes the same function (tests check both against a float64 reference),
@@ -125,17 +126,15 @@ def deform_conv2d(
     coord_dtype = torch.promote_types(x.dtype, torch.float32)
     weight = weight.to(x.dtype)
 
-    # (B, G, Ho, Wo, K) dy, dx and mask, in memory in that order (the order the samples are produced in,
-    # so every tensor derived from them is contiguous too). These copies are 3 values per kernel point,
-    # against C/G per kernel point for the samples.
+    # (B, G, Ho, Wo, K, 2) offsets and (B, G, Ho, Wo, K) mask, in memory in that order (the order the
+    # samples are produced in, so every tensor derived from them is contiguous too). These copies are 3
+    # values per kernel point, against C/G per kernel point for the samples.
     offset = (
         offset.to(coord_dtype)
         .view(batch, groups, n_points, 2, out_h, out_w)
         .permute(0, 1, 4, 5, 2, 3)
         .contiguous()
     )
-    dy = offset[..., 0]
-    dx = offset[..., 1]
     if mask is not None:
         mask = (
             mask.to(coord_dtype)
@@ -154,12 +153,12 @@ def deform_conv2d(
 
     if torch.onnx.is_in_onnx_export():
         # One GridSample over all output rows: no Python loop in the graph; the runtime plans its memory.
-        columns = _GridSampler(x, groups)(base_y, dy, base_x, dx, mask)
+        columns = _GridSampler(x, groups)(_positions(base_y, base_x), offset, mask)
         # (O, C, kh, kw) -> (G, O, Cg·K), matching the columns (B, G, Cg·K, L); summed over the groups.
         group_weight = weight.reshape(out_channels, groups, group_channels * n_points).transpose(0, 1)
         out = torch.matmul(group_weight, columns).sum(dim=1)
     else:
-        out = _gather_and_multiply(x, weight, base_y, dy, base_x, dx, mask)
+        out = _gather_and_multiply(x, weight, base_y, base_x, offset, mask)
     out = out.view(batch, out_channels, out_h, out_w)
     if bias is not None:
         out = out + bias.to(out.dtype).view(1, out_channels, 1, 1)
@@ -230,17 +229,21 @@ def _check_shapes(
         raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
 
 
+def _positions(base_y: torch.Tensor, base_x: torch.Tensor) -> torch.Tensor:
+    """(R, 1, K) row and (1, Wo, K) column positions -> (R, Wo, K, 2) (y, x) positions."""
+    return torch.stack(torch.broadcast_tensors(base_y, base_x), dim=-1)
+
+
 def _gather_and_multiply(
     x: torch.Tensor,
     weight: torch.Tensor,
     base_y: torch.Tensor,
-    dy: torch.Tensor,
     base_x: torch.Tensor,
-    dx: torch.Tensor,
+    offset: torch.Tensor,
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """Eager path of deform_conv2d: (B, O, Ho·Wo), sampled and multiplied in chunks of output rows."""
-    batch, groups, out_h, out_w, n_points = dy.shape
+    batch, groups, out_h, out_w, n_points, _ = offset.shape
     out_channels, channels = weight.shape[:2]
     group_channels = channels // groups
     sampler = _GatherSampler(x, groups)
@@ -250,9 +253,8 @@ def _gather_and_multiply(
         .permute(1, 0, 3, 2)
         .reshape(groups, out_channels, n_points * group_channels)
     )
-    # The largest per-chunk tensors are the columns and the GEMM result (O values per output pixel).
-    bytes_per_sample = group_channels * x.element_size() + _BOOKKEEPING_BYTES_PER_SAMPLE
-    bytes_per_row = batch * out_w * max(groups * n_points * bytes_per_sample, out_channels * x.element_size())
+    # The largest per-chunk tensors: the columns, or the GEMM result (O values per output pixel).
+    bytes_per_row = batch * out_w * x.element_size() * max(groups * n_points * group_channels, out_channels)
     budget = COLUMN_BUDGET_BYTES if x.device.type == "cpu" else ACCELERATOR_COLUMN_BUDGET_BYTES
     rows_per_chunk = max(1, budget // bytes_per_row)
     rows_per_chunk = math.ceil(out_h / math.ceil(out_h / rows_per_chunk))  # equal chunks
@@ -261,16 +263,14 @@ def _gather_and_multiply(
     # (822 MB for the 7x7 at 256x256) per call; recomputing them in the backward pass (as torchvision's
     # kernel does) keeps training memory at the size of the input, for one more (cheap) sampling pass.
     recompute = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, dy, dx, mask)
+        t is not None and t.requires_grad for t in (x, weight, offset, mask)
     )
     outputs = []
     for start in range(0, out_h, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, out_h))
         chunk = (
-            base_y[rows],
-            dy[:, :, rows],
-            base_x,
-            dx[:, :, rows],
+            _positions(base_y[rows], base_x),
+            offset[:, :, rows],
             None if mask is None else mask[:, :, rows],
         )
         if recompute:
@@ -291,18 +291,16 @@ def _gather_and_multiply(
 def _sample_and_multiply(
     sampler: _GatherSampler,
     group_weight: torch.Tensor,
-    base_y: torch.Tensor,
-    dy: torch.Tensor,
-    base_x: torch.Tensor,
-    dx: torch.Tensor,
+    base: torch.Tensor,
+    offset: torch.Tensor,
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """One chunk of output rows: columns (B, G, L, K·Cg) times the (G, O, K·Cg) weight -> (B, O, L)."""
-    batch, groups = dy.shape[:2]
+    batch, groups = offset.shape[:2]
     # (G, O, K·Cg) @ (B, G, K·Cg, L), the columns transposed in place -> (B, G, O, L): the output comes out
     # NCHW, and at chunks of a few thousand columns this GEMM is as fast as (L, K·Cg) @ (K·Cg, O), which
     # would need a transposing copy of the output.
-    columns = sampler(base_y, dy, base_x, dx, mask).transpose(-1, -2)
+    columns = sampler(base, offset, mask).transpose(-1, -2)
     if batch == 1 and groups == 1:
         return torch.mm(group_weight[0], columns[0, 0])[None]
     out = torch.matmul(group_weight, columns)
@@ -314,8 +312,6 @@ class _GatherSampler:
 
     def __init__(self, x: torch.Tensor, groups: int) -> None:
         batch, channels, height, width = x.shape
-        self.height = height
-        self.width = width
         # Table rows for pixels -1 .. H+1 by -1 .. W+1, the border ones zero: every corner of a position
         # clamped to [-1, H] x [-1, W] is a row, and each one outside the image contributes zero.
         self.padded_w = width + 3
@@ -332,44 +328,38 @@ class _GatherSampler:
         self.row_start = (torch.arange(batch * groups, device=x.device) * plane + self.padded_w + 1).view(
             batch, groups, 1, 1, 1
         )
-        # Top-left, top-right, bottom-left, bottom-right corner relative to the top-left one.
+        # Table-row steps of one pixel down and one pixel right, and the four corners (top-left, top-right,
+        # bottom-left, bottom-right) relative to the top-left one.
+        self.row_step = torch.tensor([self.padded_w, 1], device=x.device)
         self.corner_step = torch.tensor([0, 1, self.padded_w, self.padded_w + 1], device=x.device)
+        coord_dtype = torch.promote_types(x.dtype, torch.float32)
+        self.size = torch.tensor([height, width], device=x.device, dtype=coord_dtype)
 
-    def __call__(
-        self,
-        base_y: torch.Tensor,
-        dy: torch.Tensor,
-        base_x: torch.Tensor,
-        dx: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Samples at ``(base_y + dy, base_x + dx)`` -> columns ``(B, G, R·Wo, K·Cg)``.
+    def __call__(self, base: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Samples at ``base + offset`` -> columns ``(B, G, R·Wo, K·Cg)``.
 
-        ``base_y`` (R, 1, K) and ``base_x`` (1, Wo, K) are the integer kernel-point positions, ``dy`` and
-        ``dx`` (B, G, R, Wo, K) the offsets, ``mask`` (B, G, R, Wo, K) or ``None``.
+        ``base`` (R, Wo, K, 2) holds the integer (y, x) kernel-point positions, ``offset``
+        (B, G, R, Wo, K, 2) the offsets, ``mask`` (B, G, R, Wo, K) or ``None``.
         """
-        batch, groups, n_rows, out_w, n_points = dy.shape
-        # Outside [-1, H] every corner is outside the image: clamping puts such samples on the zero border
-        # with zero gradient, as torchvision returns zero there.
-        dy = torch.clamp(dy, -1 - base_y, self.height - base_y)
-        dx = torch.clamp(dx, -1 - base_x, self.width - base_x)
+        batch, groups, n_rows, out_w, n_points, _ = offset.shape
+        # Outside [-1, H] x [-1, W] every corner is outside the image: clamping puts such samples on the
+        # zero border with zero gradient, as torchvision returns zero there.
+        offset = torch.clamp(offset, -1 - base, self.size - base)
         with torch.no_grad():
-            floor_y = dy.floor()
-            floor_x = dx.floor()
+            floor = offset.floor()
             # Integer-valued, so exact. A NaN offset reads a valid (border) row; its NaN weights still make
             # the output NaN.
-            row = (base_y + floor_y).nan_to_num(-1).to(torch.int64)
-            col = (base_x + floor_x).nan_to_num(-1).to(torch.int64)
-            index = (row * self.padded_w + col + self.row_start).unsqueeze(-1) + self.corner_step
+            pixel = (base + floor).nan_to_num_(-1).to(torch.int64)
+            index = (pixel * self.row_step).sum(dim=-1) + self.row_start
+            index = index.unsqueeze(-1) + self.corner_step
         # The fractional part of a float is exact; taking it from the offset rather than from the absolute
         # position avoids rounding the position to the precision of its magnitude (torchvision's float32
         # kernel rounds a position near 256 to 2^-16 pixel).
-        frac_y = dy - floor_y
-        frac_x = dx - floor_x
-        weight_y = torch.stack([1 - frac_y, frac_y], dim=-1)
+        frac = offset - floor
+        weight = torch.stack([1 - frac, frac], dim=-1)  # (..., y/x, near/far)
+        weight_y, weight_x = weight.unbind(dim=-2)
         if mask is not None:
             weight_y = weight_y * mask.unsqueeze(-1)
-        weight_x = torch.stack([1 - frac_x, frac_x], dim=-1)
         # (..., 2, 2) -> corners in corner_step order.
         weights = (weight_y.unsqueeze(-1) * weight_x.unsqueeze(-2)).to(self.table.dtype)
         columns = F.embedding_bag(
@@ -383,36 +373,24 @@ class _GridSampler:
 
     def __init__(self, x: torch.Tensor, groups: int) -> None:
         batch, channels, height, width = x.shape
-        self.height = height
-        self.width = width
         self.dtype = x.dtype
         # Sampled in at least float32: grid coordinates in float16 would address a 256-pixel map in
         # 1/8-pixel steps.
         sample_dtype = torch.promote_types(x.dtype, torch.float32)
         self.input = x.reshape(batch * groups, channels // groups, height, width).to(sample_dtype)
 
-    def __call__(
-        self,
-        base_y: torch.Tensor,
-        dy: torch.Tensor,
-        base_x: torch.Tensor,
-        dx: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Samples at ``(base_y + dy, base_x + dx)`` -> columns ``(B, G, Cg·K, R·Wo)``.
-
-        Shapes as in ``_GatherSampler.__call__``.
-        """
-        batch, groups, n_rows, out_w, n_points = dy.shape
-        pos_y = base_y + dy
-        pos_x = base_x + dx
+    def __call__(self, base: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Samples at ``base + offset`` -> columns ``(B, G, Cg·K, R·Wo)`` (shapes as in _GatherSampler)."""
+        batch, groups, n_rows, out_w, n_points, _ = offset.shape
         # align_corners=False maps pixel p to (2p + 1) / size - 1 and back, which is defined for 1-pixel
         # maps too (align_corners=True would divide by size - 1 = 0). Zeros padding drops each
-        # out-of-image corner, as torchvision does.
-        grid_y = (pos_y * 2 + 1) / self.height - 1
-        grid_x = (pos_x * 2 + 1) / self.width - 1
+        # out-of-image corner, as torchvision does. (Divided by Python ints from the input's shape: the
+        # TorchScript tracer keeps those dynamic, where it would freeze a tensor built from them.)
+        height, width = self.input.shape[-2:]
+        pos_y, pos_x = (base + offset).unbind(dim=-1)
+        grid = torch.stack([(pos_x * 2 + 1) / width - 1, (pos_y * 2 + 1) / height - 1], dim=-1)
         # (B*G, K, R*Wo, 2) with (x, y) last, so samples come out as (B*G, Cg, K, R*Wo).
-        grid = torch.stack([grid_x, grid_y], dim=-1).permute(0, 1, 4, 2, 3, 5)
+        grid = grid.permute(0, 1, 4, 2, 3, 5)
         grid = grid.reshape(batch * groups, n_points, n_rows * out_w, 2).to(self.input.dtype)
         samples = F.grid_sample(self.input, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         samples = samples.view(batch, groups, -1, n_points, n_rows * out_w)
