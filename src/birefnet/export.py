@@ -62,6 +62,10 @@ OUTPUT_NAME = "logits"
 MULTIPLE = 32
 FP32_TOLERANCE = 1e-4  # PARITY.md: relative error of the final logits
 FP16_TOLERANCE = 2e-2  # float16 graph against the float32 PyTorch model
+# Example (H, W) for dynamic exports. Large enough that no intermediate map of BiRefNet is 1 pixel
+# (the half-size branch of the multi-scale input at stride 32 and PVT's spatial reduction are H/64):
+# the exporter turns a size that is 1 in the example into a constant.
+DYNAMIC_EXAMPLE_SIZE = (192, 256)
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph itself
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -337,7 +341,8 @@ def export_onnx(
             :func:`birefnet.load_model` accepts (registry name, checkpoint, folder, hub id).
         path: the .onnx file to write (folders are created).
         example: (B, 3, H, W) input to trace with; default random, batch 2 (so that the batch
-            axis stays symbolic), 64x96 (dynamic) or the static size.
+            axis stays symbolic), 192x256 (dynamic; no feature map may be 1 pixel in the example)
+            or the static size.
         dynamic: symbolic batch, height and width (height/width stay fixed with ``static_size``).
             False: every axis fixed to the example's shape (batch 1 by default).
         static_size: fix height and width: ``N``, ``"HxW"`` or (H, W). Default without
@@ -382,7 +387,7 @@ def export_onnx(
     dtype = torch.float16 if half else torch.float32
     if example is None:
         batch = 2 if dynamic else 1
-        h, w = hw if hw is not None else (64, 96)
+        h, w = hw if hw is not None else DYNAMIC_EXAMPLE_SIZE
         example = torch.rand(batch, 3, h, w) if normalize else torch.randn(batch, 3, h, w)
     example = example.detach().to(torch.float32).cpu()
     if example.dim() != 4 or example.shape[1] != 3:
