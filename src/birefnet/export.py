@@ -380,8 +380,11 @@ def export_onnx(
         raise ValueError(f"{path}: the output file name must end in .onnx")
     hw = _parse_hw(static_size)
     if hw is None and not dynamic:
-        size = spec.size if spec is not None else (1024, 1024)
-        hw = (size[1], size[0])
+        if example is not None:
+            hw = (int(example.shape[-2]), int(example.shape[-1]))
+        else:
+            size = spec.size if spec is not None else (1024, 1024)
+            hw = (size[1], size[0])
     mean = tuple(mean or (spec.mean if spec is not None else IMAGENET_MEAN))
     std = tuple(std or (spec.std if spec is not None else IMAGENET_STD))
     dtype = torch.float16 if half else torch.float32
@@ -455,10 +458,14 @@ def export_onnx(
                 verbose=False,
             )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(
-            f"torch.onnx.export failed for {type(model).__name__} ({type(e).__name__}: {first}). "
-            "Try a static size (--static HxW) or another opset; run with -vv for the full trace."
+            f"torch.onnx.export failed for {type(model).__name__}: {_root_cause(e)}. "
+            + (
+                "Try a fixed shape (--static HxW --static-batch); "
+                if dynamic
+                else "Try another opset (--opset); "
+            )
+            + "run with -vv for the full trace."
         ) from e
     export_seconds = time.perf_counter() - start
     for key, value in meta.items():
@@ -472,7 +479,6 @@ def export_onnx(
     param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     external = param_bytes > EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)
-    _check_dynamic_axes(path, dynamic_axes)
     file_bytes = path.stat().st_size
     data_file = path.with_name(path.name + ".data")
     if external and data_file.exists():
@@ -489,6 +495,7 @@ def export_onnx(
         file_bytes=file_bytes,
         tolerance=tolerance if tolerance is not None else (FP16_TOLERANCE if half else FP32_TOLERANCE),
     )
+    _check_dynamic_axes(report)
     logger.info("exported %s in %.1f s", path, export_seconds)
     if not check:
         return report
@@ -502,22 +509,32 @@ def export_onnx(
     return report
 
 
-def _check_dynamic_axes(path: Path, dynamic_axes: Sequence[str]) -> None:
-    """Raise ExportError if the exporter fixed an input axis that was asked to stay dynamic."""
+def _root_cause(error: BaseException) -> str:
+    """ "Type: first line" of the innermost exception in the chain (the exporter wraps the real one)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _check_dynamic_axes(report: ExportReport) -> None:
+    """Raise ExportError (and set the file aside) if the exporter fixed an axis meant to stay dynamic."""
     import onnx
 
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    proto = onnx.load(str(report.path), load_external_data=False)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
     index = {"batch": 0, "height": 2, "width": 3}
     fixed = [
-        f"{axis} (= {dims[index[axis]].dim_value})"
-        for axis in dynamic_axes
+        f"{axis} = {dims[index[axis]].dim_value}"
+        for axis in report.dynamic_axes
         if not dims[index[axis]].dim_param
     ]
     if fixed:
+        failed = _set_aside(report)
         raise ExportError(
-            f"the exporter fixed the input axes {', '.join(fixed)} that should stay dynamic (some model code "
-            f"turns that size into a constant); {path} only works at that size. Export with --static HxW "
-            "instead, or report this."
+            f"the exporter fixed input axes that should stay dynamic ({', '.join(fixed)}): some model code "
+            "turns that size into a constant, so the graph would only work at that size. Export with a "
+            f"fixed shape instead (--static HxW, plus --static-batch if the batch was fixed). Kept as {failed}."
         )
 
 
