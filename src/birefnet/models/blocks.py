@@ -244,7 +244,7 @@ def image_to_patches(image: torch.Tensor, size: Sequence[int], order: str = "cur
         (B, C*hg*wg, h, w) with hg = H // h, wg = W // w.
     """
     b, c, height, width = image.shape
-    h, w = int(size[0]), int(size[1])
+    h, w = size[0], size[1]  # no int(): keeps H and W symbolic in ONNX export
     hg, wg = height // h, width // w
     if hg * h != height or wg * w != width:
         raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {h}x{w}")
