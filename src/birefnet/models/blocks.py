@@ -174,6 +174,9 @@ class BasicDecBlk(nn.Module):
 class ResBlk(nn.Module):
     """BasicDecBlk plus a 1x1 residual projection (``conv_resi``), official ``ResBlk``.
 
+    Not a subclass of BasicDecBlk on purpose: the official modules register their submodules in a
+    different order, and that order is the state-dict key order we reproduce.
+
     (B, in_channels, H, W) -> (B, out_channels, H, W).
     """
 
