@@ -231,7 +231,9 @@ def test_exact_resume_after_sigkill(data_root: Path, tmp_path: Path) -> None:
         time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert victim.returncode == -signal.SIGKILL, (
+        f"the run ended before the kill: {victim.stderr.read()[-3000:]}"
+    )
     assert not (killed_dir / "final").exists()
 
     resumed = subprocess.run(

@@ -30,7 +30,7 @@ KINDS: tuple[str, ...] = ("Blob", "Ring", "Curves", "Mesh", "Tree")
 _SS = 2  # supersampling factor of the drawing canvas
 # How often each kind is an object's body: mostly solid bodies with thin attachments, some purely
 # thin objects (wires, twigs), as in DIS5K where most objects have a body and fine parts.
-_KIND_P = (0.35, 0.15, 0.15, 0.2, 0.15)
+_KIND_P = (0.4, 0.2, 0.1, 0.2, 0.1)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, channels: int = 1) -> np.ndarray:
@@ -217,10 +217,10 @@ def make_sample(
     bg_color = _random_color(rng)
     fg_color = _random_color(rng)
     for _ in range(20):  # keep object and background apart in colour most of the time
-        if np.linalg.norm(fg_color - bg_color) > 80:
+        if np.linalg.norm(fg_color - bg_color) > 120:
             break
         fg_color = _random_color(rng)
-    background = _texture(rng, height, width, bg_color, strength=rng.uniform(0.15, 0.45))
+    background = _texture(rng, height, width, bg_color, strength=rng.uniform(0.1, 0.35))
     foreground = _texture(rng, height, width, fg_color, strength=rng.uniform(0.05, 0.25))
     # background clutter: a few shapes in background-like colours that are NOT part of the mask
     for _ in range(int(rng.integers(0, 4))):

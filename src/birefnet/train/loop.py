@@ -600,7 +600,13 @@ def _train(
                     validation = validate(model, config, device, amp_dtype)
                     assert log is not None
                     log.write(
-                        {"event": "validation", "step": global_step, "epoch": epochs_completed, **validation}
+                        {
+                            "event": "validation",
+                            "step": global_step,
+                            "epoch": epochs_completed,
+                            **validation,
+                            "time": elapsed_before + time.perf_counter() - t_start,
+                        }
                     )
                     logger.info("epoch %d validation: %s", epochs_completed,
                                 ", ".join(f"{k}={v:.4f}" for k, v in validation.items() if k.count("/") == 1))  # fmt: skip
