@@ -337,6 +337,9 @@ def load_into(
     sd, stripped = strip_prefixes(state_dict)
     report = LoadReport(source=source, stripped_prefixes=stripped)
     own = model.state_dict()
+    # A scalar buffer (BatchNorm ``num_batches_tracked``) saved through numpy comes back as shape (1,)
+    # (``np.ascontiguousarray`` never returns 0-d): the same single value, so take it as a scalar.
+    sd = {k: v.reshape(()) if k in own and own[k].dim() == 0 and v.numel() == 1 else v for k, v in sd.items()}
     report.missing = [k for k in own if k not in sd]
     report.unexpected = [k for k in sd if k not in own]
     report.mismatched = [
@@ -484,7 +487,7 @@ def load_model(
     from birefnet.models.birefnet import BiRefNet
 
     path, registry_overrides = resolve_source(source)
-    sd, _ = strip_prefixes(read_state_dict(path))
+    sd, stripped = strip_prefixes(read_state_dict(path))
     merged = {**registry_overrides, **overrides}
     if config is not None:
         cfg, config_source = config.replace(**merged) if merged else config, "given"
@@ -497,6 +500,7 @@ def load_model(
     model = BiRefNet(cfg)
     report = load_into(model, sd, strict=strict, source=str(path))
     report.config_source = config_source
+    report.stripped_prefixes = stripped + report.stripped_prefixes
     logger.info("loaded %s (%s architecture: %s)", path, config_source, cfg.backbone)
     model.load_report = report
     model.eval()
