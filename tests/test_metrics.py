@@ -240,7 +240,32 @@ def test_shared_ground_truth_info():
     b = Evaluator().compute(prepare(pred[::-1].copy(), info))  # reuses skeleton / distances
     c = Evaluator().compute(pred, gt)
     assert a["HCE"] == c["HCE"] and a["wFmeasure"] == c["wFmeasure"]
-    assert "skeleton" in info.__dict__ and b["HCE"] >= 0
+    # the GT work (skeleton components, distances) is kept for the next prediction
+    assert ("skeleton" in info.__dict__ or "_components" in info.__dict__) and "_weights" in info.__dict__
+    assert b["HCE"] >= 0
+
+
+def test_component_skeleton_is_exact_where_asked():
+    """Thinning per 8-connected component (only those asked for) equals skimage on the whole mask."""
+    from skimage.morphology import skeletonize as sk_skeletonize
+
+    from birefnet.metrics.skeleton import ComponentSkeleton
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(8, 60, 2))
+        noise = rng.random((max(1, h // 4), max(1, w // 4))).astype(np.float32)
+        mask = cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC) > rng.uniform(0.5, 0.8)
+        full = sk_skeletonize(mask)
+        parts = ComponentSkeleton(mask.view(np.uint8))
+        where = (rng.random((h, w)) < 0.01) & mask
+        got = parts.ensure(where)
+        _, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
+        asked = np.isin(labels, np.unique(labels[where])) & mask
+        np.testing.assert_array_equal(got[asked], full[asked])
+        assert not got[~asked].any() or parts.count == 1
+        np.testing.assert_array_equal(parts.ensure(mask), full)
+        assert parts.complete
 
 
 def test_parse_metrics():
@@ -292,3 +317,19 @@ def test_skeleton_cache_dir(tmp_path):
     ]
     assert plain["summary"] == first["summary"] == second["summary"]
     assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == ["0.png", "1.png"]  # nothing written there
+
+
+def test_weighted_f_window_and_shared_distances_match_reference():
+    """wF computes distances on a window holding the GT and the non-zero prediction; a shared GT
+    grows that window for later predictions. Both must equal the literal implementation."""
+    rng = np.random.default_rng(9)
+    gt = np.zeros((60, 80), np.uint8)
+    gt[20:35, 30:50] = 255
+    info = GroundTruthInfo(gt)
+    for _ in range(6):
+        pred = np.zeros_like(gt)
+        y, x = (int(v) for v in rng.integers(0, 50, 2))
+        pred[y : y + 10, x : x + 25] = rng.integers(1, 256, (10, 25)[:2]).astype(np.uint8)[: 60 - y, : 80 - x]
+        ref = R.evaluate_pair(pred, gt)["wFmeasure"]
+        assert abs(F.weighted_fmeasure(prepare(pred, info)) - ref) < 1e-12
+        assert abs(F.weighted_fmeasure(prepare(pred, gt)) - ref) < 1e-12

@@ -32,7 +32,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from .skeleton import skeletonize
+from .skeleton import ComponentSkeleton, skeletonize
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class GroundTruthInfo:
             if skeleton.shape != gt.shape:
                 raise MaskError(f"skeleton shape {skeleton.shape} differs from the GT's {gt.shape}")
             self.__dict__["skeleton"] = np.asarray(skeleton, dtype=bool)
-        self._bands: dict[int, np.ndarray] = {}
+        self._bands: dict[int, tuple[slice, slice, np.ndarray]] = {}
 
     @cached_property
     def fg(self) -> np.ndarray:
@@ -137,28 +137,102 @@ class GroundTruthInfo:
     @cached_property
     def skeleton(self) -> np.ndarray:
         """(H, W) bool Zhang-Suen skeleton of the GT (identical to scikit-image's)."""
+        parts = self.__dict__.get("_components")
+        if parts is not None:
+            return parts.ensure(self.fg)
         return skeletonize(self.fg)
 
-    @cached_property
-    def distance_sq(self) -> np.ndarray:
-        """(H, W) int32 exact squared distance to the GT, clamped (see :func:`gt_distance_sq`)."""
-        return gt_distance_sq(self.fg)
+    def skeleton_where(self, where: np.ndarray) -> np.ndarray:
+        """(H, W) bool skeleton, exact on every GT component (8-connected) that meets ``where``.
+
+        HCE only looks at skeleton pixels the prediction misses, so only the components holding a
+        false negative are thinned (each on its own box); the rest may be left out. Uses the full
+        skeleton when it is already known (given, cached or computed).
+        """
+        if "skeleton" in self.__dict__:
+            return self.__dict__["skeleton"]
+        if "_components" not in self.__dict__:
+            self.__dict__["_components"] = ComponentSkeleton(self.fg8)
+        return self.__dict__["_components"].ensure(where)
 
     @cached_property
+    def box(self) -> tuple[int, int, int, int] | None:
+        """(y0, y1, x0, x1) bounding box of the GT foreground; None when it is empty."""
+        x, y, w, h = cv2.boundingRect(self.fg8)
+        return None if w == 0 else (y, y + h, x, x + w)
+
+    def grown_box(self, margin: int) -> tuple[slice, slice]:
+        """The GT's bounding box grown by ``margin`` pixels, clipped to the image, as slices."""
+        y0, y1, x0, x1 = self.box
+        height, width = self.gt.shape
+        return (
+            slice(max(0, y0 - margin), min(height, y1 + margin)),
+            slice(max(0, x0 - margin), min(width, x1 + margin)),
+        )
+
+    def _weights_in(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances, wF importance) on a window that holds the whole GT.
+
+        The nearest GT pixel of every pixel of such a window lies inside it, so the distance
+        transform of the window alone is exact there. The last window is kept; a request outside it
+        computes the union of both (so several predictions of one GT end up sharing one transform).
+        """
+        cached = self.__dict__.get("_weights")
+        if cached is None or not _contains(cached[0], (rows, cols)):
+            window = (rows, cols) if cached is None else _union(cached[0], (rows, cols))
+            fg = self.fg[window]
+            dist = gt_distance_sq(fg)
+            cached = (window, dist, gt_importance(dist, fg))
+            self.__dict__["_weights"] = cached
+        (r, c), dist, imp = cached
+        sub = (
+            slice(rows.start - r.start, rows.stop - r.start),
+            slice(cols.start - c.start, cols.stop - c.start),
+        )
+        return dist[sub], imp[sub]
+
+    @property
+    def distance_sq(self) -> np.ndarray:
+        """(H, W) int32 exact squared distance to the GT, clamped (see :func:`gt_distance_sq`)."""
+        if self.box is None:
+            return gt_distance_sq(self.fg)
+        return self._weights_in(slice(0, self.gt.shape[0]), slice(0, self.gt.shape[1]))[0]
+
+    @property
     def importance(self) -> np.ndarray:
         """(H, W) wF background importance weights (see :func:`gt_importance`)."""
-        return gt_importance(self.distance_sq, self.fg)
+        if self.box is None:
+            return gt_importance(gt_distance_sq(self.fg), self.fg)
+        return self._weights_in(slice(0, self.gt.shape[0]), slice(0, self.gt.shape[1]))[1]
 
     @cached_property
     def wf_neighbourhood(self) -> _WfNeighbourhood:
-        """GT box, ring pixels and their nearest GT pixel (see :func:`_wf_neighbourhood`)."""
-        return _wf_neighbourhood(self.fg8, self.distance_sq)
+        """GT box, ring pixels and their nearest GT pixel (see :func:`_wf_neighbourhood`).
 
-    def band(self, radius: int) -> np.ndarray:
-        """(H, W) uint8 mBA band: morphological gradient of the GT with an elliptical kernel."""
+        Everything lies within 3 px of the GT, so it is computed on the GT's box grown by 3 px.
+        """
+        rows, cols = self.grown_box(3)
+        fg8 = np.ascontiguousarray(self.fg8[rows, cols])
+        nb = _wf_neighbourhood(fg8, self._weights_in(rows, cols)[0])
+        nb.rows = slice(nb.rows.start + rows.start, nb.rows.stop + rows.start)
+        nb.cols = slice(nb.cols.start + cols.start, nb.cols.stop + cols.start)
+        return nb
+
+    def band(self, radius: int) -> tuple[slice, slice, np.ndarray]:
+        """mBA band: morphological gradient of the GT with an elliptical kernel.
+
+        Returns:
+            (rows, cols, band): the band is uint8, zero outside the window ``[rows, cols]`` (the GT's
+            box grown by ``radius + 1``; the window is empty for an empty GT).
+        """
         if radius not in self._bands:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-            self._bands[radius] = cv2.morphologyEx(self.fg8, cv2.MORPH_GRADIENT, kernel)
+            if self.box is None:
+                self._bands[radius] = (slice(0, 0), slice(0, 0), np.zeros((0, 0), np.uint8))
+            else:
+                rows, cols = self.grown_box(radius + 1)
+                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+                fg8 = np.ascontiguousarray(self.fg8[rows, cols])
+                self._bands[radius] = (rows, cols, cv2.morphologyEx(fg8, cv2.MORPH_GRADIENT, kernel))
         return self._bands[radius]
 
     @cached_property
@@ -166,6 +240,14 @@ class GroundTruthInfo:
         """(H, W) uint8 0/1 GT boundary of the boundary IoU."""
         h, w = self.gt.shape
         return (_mask_boundary(self.fg8 * np.uint8(255), biou_dilation(h, w)) > 128).view(np.uint8)
+
+
+def _contains(outer: tuple[slice, slice], inner: tuple[slice, slice]) -> bool:
+    return all(o.start <= i.start and i.stop <= o.stop for o, i in zip(outer, inner))
+
+
+def _union(a: tuple[slice, slice], b: tuple[slice, slice]) -> tuple[slice, slice]:
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 @dataclass
@@ -637,6 +719,20 @@ def gt_importance(dist_sq: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return weights
 
 
+def _weight_window(pair: PreparedPair) -> tuple[slice, slice]:
+    """Window holding the GT grown by 3 px and every pixel whose normalised prediction is not 0."""
+    height, width = pair.gt.shape
+    present = np.flatnonzero(pair.hist_all)
+    if pair.lut[present[0]] != 0:  # a constant non-zero prediction: the whole image counts
+        return slice(0, height), slice(0, width)
+    x, y, w, h = cv2.boundingRect(cv2.compare(pair.pred, int(present[0]), cv2.CMP_NE))
+    rows, cols = pair.info.grown_box(3)  # the wF neighbourhood's window, to share one transform
+    y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
+    if w:
+        y0, y1, x0, x1 = min(y0, y), max(y1, y + h), min(x0, x), max(x1, x + w)
+    return slice(y0, y1), slice(x0, x1)
+
+
 def weighted_fmeasure(pair: PreparedPair, beta: float = 1.0) -> float:
     """Weighted F-measure (Margolin et al. 2014) with the official settings (beta = 1).
 
@@ -648,10 +744,13 @@ def weighted_fmeasure(pair: PreparedPair, beta: float = 1.0) -> float:
     if pair.n_fg == 0:
         return 0.0
     info = pair.info
-    # FPw = sum over the background of E * importance, with E = p there.
-    p = cv2.LUT(pair.pred, pair.lut)
+    # FPw = sum over the background of E * importance, with E = p there: only pixels with p > 0
+    # count, so the distance transform is only needed on a window holding them and the GT.
+    rows, cols = _weight_window(pair)
+    _, importance = info._weights_in(rows, cols)
+    p = cv2.LUT(pair.pred[rows, cols], pair.lut)
     # (einsum, not np.dot: a BLAS call would wake idle BLAS threads that spin and double the CPU time)
-    fpw = float(np.einsum("i,i->", info.importance.ravel(), p.ravel()))
+    fpw = float(np.einsum("ij,ij->", importance, p))
     # On the GT, E = |p - 1| == fl(1 - p) exactly. Et is E propagated from the nearest GT pixel to
     # the ring; farther out it never reaches a GT pixel through the 7x7 kernel, so Et, EA and
     # min(EA, E) are only computed on the GT's box grown by 3 px. Outside the box the convolution
@@ -788,7 +887,7 @@ def hce(pair: PreparedPair, skeleton: np.ndarray | None = None, relax: int = 5, 
         fn_ = cv2.bitwise_and(cv2.dilate(fn_, _CROSS), not_tp_fp)
     fn_ = cv2.bitwise_and(fn, fn_)
     if cv2.countNonZero(fn):
-        ske = pair.info.skeleton if skeleton is None else np.asarray(skeleton, dtype=bool)
+        ske = pair.info.skeleton_where(fn) if skeleton is None else np.asarray(skeleton, dtype=bool)
         # skeleton pixels the prediction misses (official: xor(ske, ske & tp))
         fn_ = cv2.bitwise_or(fn_, cv2.bitwise_and(ske.view(np.uint8), cv2.bitwise_xor(tp, 1)))
 
@@ -840,19 +939,20 @@ def mba(pair: PreparedPair, empty: str = "prediction-band") -> float:
     total = 0.0
     for r in mba_radii(height, width):
         if r not in accs:
-            band = pair.info.band(r)
-            n = cv2.countNonZero(band)
+            rows, cols, band = pair.info.band(r)
+            n = cv2.countNonZero(band) if band.size else 0
             if n == 0:
                 if empty == "nan":
                     return float("nan")
                 kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
                 band = cv2.morphologyEx(p, cv2.MORPH_GRADIENT, kernel)
+                rows, cols = slice(0, height), slice(0, width)
                 n = cv2.countNonZero(band)
                 if n == 0:
                     accs[r] = 1.0 if cv2.countNonZero(wrong) == 0 else 0.0
                     total += accs[r]
                     continue
-            bad = cv2.countNonZero(cv2.bitwise_and(band, wrong))
+            bad = cv2.countNonZero(cv2.bitwise_and(band, wrong[rows, cols]))
             accs[r] = np.float64(n - bad) / np.float64(n)
         total += accs[r]
     return float(total / 5)
