@@ -3,7 +3,8 @@
 ``export_onnx(model, "model.onnx")`` writes a graph that ONNX Runtime runs with no custom operator:
 the deformable convolutions of the decoder are our own PyTorch code
 (:mod:`birefnet.models.deform_conv`), which under export takes its ``grid_sample`` path and becomes
-standard ``GridSample`` nodes. The graph is produced by the ``torch.export``-based exporter
+standard ``GridSample`` nodes, and the Swin backbone takes a path with symbolic window padding, shift
+mask and batched window attention (:meth:`birefnet.models.backbones.swin.SwinBlock.forward_traceable`). The graph is produced by the ``torch.export``-based exporter
 (``torch.onnx.export(..., dynamo=True)``), the one that keeps shapes symbolic; the TorchScript
 exporter would bake the export size into the inward-reference patch split.
 
@@ -430,9 +431,9 @@ def export_onnx(
     )
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    # One eager forward first: it fails fast, with a readable error, on an unusable example, and it fills
-    # the per-size caches some modules keep (the Swin window layout), which the trace then reads as
-    # constants for a static size instead of tracing their data-dependent construction.
+    # One eager forward first: it fails fast, with a readable error, on an unusable example (the exporter's
+    # own errors are long). Under export the model takes its traceable paths (the Swin backbone's
+    # pad/roll/reshape windows, the deformable convolution's GridSample), chosen by the modules themselves.
     try:
         with torch.inference_mode():
             _ExportWrapper(model.eval(), normalize=normalize, mean=mean, std=std, dtype=torch.float32)(

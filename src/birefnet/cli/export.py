@@ -9,15 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from e
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
-    return value
+from birefnet.cli._common import add_model_flags, positive_int
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +30,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
             "exit codes: 0 ok, 1 parity check failed, 2 usage error / model not loadable / export failed"
         ),
     )
-    p.add_argument(
-        "--model", metavar="NAME", help="registry name (birefnet models), checkpoint path or hub id"
-    )
-    p.add_argument(
-        "--weights",
-        metavar="PATH",
-        help="local checkpoint (file or folder); with --model NAME that model's settings apply",
-    )
+    add_model_flags(p, "model", "weights")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument(
         "--static",
@@ -56,14 +41,14 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--half", action="store_true", default=None, help="float16 weights and compute (float32 I/O)"
     )
-    p.add_argument("--opset", type=_positive_int, metavar="N", help="ONNX opset (default 18; >= 16)")
+    p.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default 18; >= 16)")
     p.add_argument(
         "--normalize-in-graph",
         action="store_true",
         default=None,
         help="put the mean/std normalisation into the graph (input RGB in [0, 1])",
     )
-    p.add_argument("--patch-order", choices=("current", "legacy"), help="override the registry's patch order")
+    add_model_flags(p, "patch_order")
     p.add_argument(
         "--no-check", action="store_true", default=None, help="skip the ONNX Runtime vs PyTorch check"
     )

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from birefnet.cli._common import add_model_flags, positive_int
+
 if TYPE_CHECKING:  # heavy modules are imported inside run()
     from birefnet.inference import Predictor
 
@@ -48,16 +50,6 @@ def _kinds(text: str) -> list[str]:
             f"{text!r}: choose from {', '.join(KINDS)} (comma-separated or repeated)"
         )
     return kinds
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from e
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
-    return value
 
 
 def _unit_float(text: str) -> float:
@@ -93,7 +85,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--format", choices=sorted(FORMAT_EXT), help="file format (default png; jpg for opaque kinds only)"
     )
-    io.add_argument("--quality", type=_positive_int, metavar="Q", help="jpg/webp quality 1-100 (default 95)")
+    io.add_argument("--quality", type=positive_int, metavar="Q", help="jpg/webp quality 1-100 (default 95)")
     io.add_argument(
         "--bg-color", metavar="COLOR", help="composite background: name, #RRGGBB or r,g,b (default white)"
     )
@@ -116,40 +108,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     io.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="refuse images with more pixels than N (decompression bombs; default 178956970)",
     )
     m = parser.add_argument_group("model")
-    m.add_argument(
-        "--model", metavar="NAME", help="registry name (birefnet models), checkpoint path or hub id"
-    )
-    m.add_argument(
-        "--weights",
-        metavar="PATH",
-        help="local checkpoint (file or folder); with --model NAME that model's settings apply",
-    )
-    m.add_argument("--size", metavar="N|WxH", help="model input size (default: the model's training size)")
-    m.add_argument(
-        "--resolution", choices=("fixed", "dynamic", "tiled"), help="resolution policy (default: model's)"
-    )
-    m.add_argument("--patch-order", choices=("current", "legacy"), help="override the registry's patch order")
-    m.add_argument(
-        "--backend",
-        choices=("torch", "onnx"),
-        help="torch (default) or onnx: run an exported .onnx file with ONNX Runtime (automatic for *.onnx)",
-    )
+    add_model_flags(m, "model", "weights", "size", "resolution", "patch_order", "backend")
     r = parser.add_argument_group("runtime")
+    r.add_argument("--batch-size", type=positive_int, metavar="N", help="images per forward pass (default 1)")
+    add_model_flags(r, "device", "precision", "threads")
     r.add_argument(
-        "--batch-size", type=_positive_int, metavar="N", help="images per forward pass (default 1)"
-    )
-    r.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N, mps")
-    r.add_argument(
-        "--precision", choices=("auto", "fp32", "fp16", "bf16"), help="default auto (bf16/fp16 on GPU)"
-    )
-    r.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the model (torch)")
-    r.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="decode/encode threads each (default 2-4)"
+        "--workers", type=positive_int, metavar="N", help="decode/encode threads each (default 2-4)"
     )
     r.add_argument("-q", "--quiet", action="store_true", default=None, help="no progress bar or summary")
 

@@ -13,25 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from e
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from e
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0")
-    return value
+from birefnet.cli._common import add_model_flags, positive_float, positive_int
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -46,44 +28,43 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "API docs at /docs; web page at /. Listens on 127.0.0.1 unless --host says otherwise."
     )
     m = parser.add_argument_group("models")
-    m.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME[=PATH]",
-        help="registry name, checkpoint path, hub id or .onnx file; repeat to serve several (first = default)",
+    add_model_flags(
+        m,
+        "model",
+        "size",
+        "resolution",
+        "device",
+        "precision",
+        "backend",
+        "threads",
+        model={
+            "action": "append",
+            "metavar": "NAME[=PATH]",
+            "help": "registry name, checkpoint path, hub id or .onnx file; repeat to serve several "
+            "(first = default)",
+        },
+        size={"help": "model input size (default: each model's training size)"},
     )
-    m.add_argument("--size", metavar="N|WxH", help="model input size (default: each model's training size)")
-    m.add_argument(
-        "--resolution", choices=("fixed", "dynamic", "tiled"), help="resolution policy (default: model's)"
-    )
-    m.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N, mps")
-    m.add_argument(
-        "--precision", choices=("auto", "fp32", "fp16", "bf16"), help="default auto (bf16/fp16 on GPU)"
-    )
-    m.add_argument(
-        "--backend", choices=("torch", "onnx"), help="torch (default) or onnx (automatic for *.onnx)"
-    )
-    m.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the model (torch)")
     s = parser.add_argument_group("server")
     s.add_argument(
         "--host", metavar="HOST", help="interface to listen on (default 127.0.0.1: this machine only)"
     )
     s.add_argument("--port", type=int, metavar="PORT", help="TCP port (default 8000; 0 = any free port)")
     s.add_argument(
-        "--max-batch", type=_positive_int, metavar="N", help="requests per forward pass (default 4)"
+        "--max-batch", type=positive_int, metavar="N", help="requests per forward pass (default 4)"
     )
     s.add_argument(
         "--batch-wait-ms", type=float, metavar="MS", help="wait for more requests to fill a batch (default 5)"
     )
     s.add_argument(
-        "--queue-size", type=_positive_int, metavar="N", help="requests in progress before 503 (default 16)"
+        "--queue-size", type=positive_int, metavar="N", help="requests in progress before 503 (default 16)"
     )
-    s.add_argument("--max-upload-mb", type=_positive_float, metavar="MB", help="largest upload (default 20)")
+    s.add_argument("--max-upload-mb", type=positive_float, metavar="MB", help="largest upload (default 20)")
     s.add_argument(
-        "--max-pixels", type=_positive_int, metavar="N", help="largest image in pixels (default 40000000)"
+        "--max-pixels", type=positive_int, metavar="N", help="largest image in pixels (default 40000000)"
     )
     s.add_argument(
-        "--timeout", type=_positive_float, metavar="S", help="request time-out in seconds (default 60)"
+        "--timeout", type=positive_float, metavar="S", help="request time-out in seconds (default 60)"
     )
     s.add_argument(
         "--cors-origin",

@@ -21,6 +21,14 @@ about 1e-6 relative):
   :class:`WindowAttention`);
 * the output projection is applied after the windows are merged and the padding is cropped (it is
   a per-token linear map, so only the wasted work on padded tokens changes).
+
+Under ``torch.export`` / ONNX export (and TorchScript tracing) the blocks take a second, traceable
+path (:meth:`SwinBlock.forward_traceable`): the cached gathers above are built per Python-int size
+with data-dependent indexing, which cannot follow symbolic batch/height/width. That path pads with
+``F.pad``, shifts with ``torch.roll``, partitions with reshape/permute, builds the shift mask from
+``arange`` comparisons and attends over all windows of the whole batch at once, in the formulation
+of the original code. Both paths give the same numbers (about 1e-6 relative in float32); eager
+inference always takes the faster first one.
 """
 
 from __future__ import annotations
@@ -35,7 +43,14 @@ from torch import nn
 
 from birefnet.models.backbones.base import Backbone, DropPath
 
-__all__ = ["SWIN_CONFIGS", "SwinTransformer", "WindowLayout", "swin_v1", "window_layout"]
+__all__ = [
+    "SWIN_CONFIGS",
+    "SwinTransformer",
+    "WindowLayout",
+    "shifted_window_mask",
+    "swin_v1",
+    "window_layout",
+]
 
 # name -> (embed_dim, depths, num_heads, window_size); see OFFICIAL_SPEC section 2.1.
 SWIN_CONFIGS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], int]] = {
@@ -181,6 +196,60 @@ def _window_layout_cpu(height: int, width: int, ws: int, shift: int) -> WindowLa
     return WindowLayout((hp, wp), nh * nw, num_unmasked, gather_index, pad_slots, scatter_index, masked)
 
 
+def is_tracing() -> bool:
+    """True while ``torch.export`` (the ONNX exporter's capture) or the TorchScript tracer runs the model.
+
+    Under these the stages take the traceable path (:meth:`SwinBlock.forward_traceable`), which keeps
+    batch, height and width symbolic; eager calls take the cached-gather path.
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _window_grid(height: int | torch.SymInt, width: int | torch.SymInt, ws: int) -> tuple:
+    """(window rows, window columns) of a map padded to window multiples (sizes may be symbolic)."""
+    return (height + ws - 1) // ws, (width + ws - 1) // ws
+
+
+def shifted_window_mask(
+    num_rows: int | torch.SymInt,
+    num_cols: int | torch.SymInt,
+    window_size: int,
+    shift: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Additive shift mask of every window of a padded, cyclically shifted ``num_rows x num_cols``-window map.
+
+    Built from ``arange`` comparisons only (no Python loop over regions or windows), so the sizes may be
+    symbolic. A token's region along an axis of the shifted, padded map of size ``S`` is 0, 1 or 2 as its
+    coordinate is below ``S - ws``, below ``S - shift``, or above (the original slice labelling);
+    two tokens of a window may attend to each other only when both their regions agree.
+
+    Args:
+        num_rows: window rows nh (the padded map has ``nh * ws`` rows).
+        num_cols: window columns nw.
+        window_size: window side ws.
+        shift: cyclic shift (> 0).
+        device: device of the mask.
+        dtype: dtype of the mask.
+
+    Returns:
+        ``(nh * nw, ws*ws, ws*ws)`` mask: 0 where attention is allowed, ``-inf`` where not; windows in
+        row-major order, tokens row-major inside a window.
+    """
+    ws = window_size
+
+    def region(size: int | torch.SymInt) -> torch.Tensor:
+        coord = torch.arange(size, device=device)
+        return (coord >= size - ws).long() + (coord >= size - shift).long()
+
+    label = region(num_rows * ws)[:, None] * 3 + region(num_cols * ws)[None, :]  # (Hp, Wp)
+    label = label.view(num_rows, ws, num_cols, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
+    different = label[:, :, None] != label[:, None, :]
+    return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill(different, _MASKED)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias.
 
@@ -257,6 +326,31 @@ class WindowAttention(nn.Module):
         # One copy: (windows, heads, N, d) pieces -> (B * nW, N, heads, d), i.e. (B, nW, N, C).
         return torch.cat([p.transpose(1, 2) for p in parts]).view(b, nw, n, c)
 
+    def forward_traceable(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` for export: all windows of all samples in one batched product, sizes symbolic.
+
+        ``softmax(q k^T / sqrt(d) + bias + mask) v`` written out (as in the original), so the graph holds
+        plain MatMul/Softmax nodes.
+
+        Args:
+            windows: ``(B, nW, N, C)`` tokens of each window.
+            mask: ``(nW, N, N)`` additive shift mask of every window (:func:`shifted_window_mask`), or None.
+
+        Returns:
+            ``(B, nW, N, C)`` attention output before :attr:`proj`.
+        """
+        b, nw, n, c = windows.shape
+        heads = self.num_heads
+        head_dim = c // heads
+        qkv = self.qkv(windows).reshape(b, nw, n, 3, heads, head_dim)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+        bias = self.relative_position_bias().to(q.dtype)  # (heads, N, N)
+        if mask is not None:
+            bias = bias + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
+        scores = torch.matmul(q * head_dim**-0.5, k.transpose(-2, -1)) + bias
+        out = torch.matmul(scores.softmax(dim=-1), v)  # (B, nW, heads, N, d)
+        return out.transpose(2, 3).reshape(b, nw, n, c)
+
 
 class Mlp(nn.Module):
     """Linear -> GELU -> Linear (no dropout: BiRefNet trains its Swin with dropout 0)."""
@@ -328,6 +422,39 @@ class SwinBlock(nn.Module):
         x = x + self.drop_path(self.attn.proj(y).view(b, h, w, c))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def forward_traceable(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` with symbolic sizes (export): pad, roll, reshape partition, batched attention.
+
+        The same computation as the original Swin-det block: zero-pad the normalised tokens at the
+        bottom/right to window multiples, shift the padded map by ``-shift``, cut ``ws x ws`` windows,
+        attend (shift mask from :func:`shifted_window_mask`), merge, shift back, crop.
+
+        Args:
+            x: ``(B, H, W, C)``.
+            mask: the shift mask of this size (shared by the stage's shifted blocks); built here when
+                None and the block is shifted; ignored when it is not.
+
+        Returns:
+            ``(B, H, W, C)``.
+        """
+        b, h, w, c = x.shape
+        ws, shift = self.window_size, self.shift
+        nh, nw = _window_grid(h, w, ws)
+        y = F.pad(self.norm1(x), (0, 0, 0, nw * ws - w, 0, nh * ws - h))
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        windows = y.reshape(b, nh, ws, nw, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, nh * nw, ws * ws, c)
+        if not shift:
+            mask = None
+        elif mask is None:
+            mask = shifted_window_mask(nh, nw, ws, shift, device=x.device, dtype=x.dtype)
+        y = self.attn.forward_traceable(windows, mask)
+        y = y.reshape(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, nh * ws, nw * ws, c)
+        if shift:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        x = x + self.drop_path(self.attn.proj(y[:, :h, :w]))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
 
 class PatchMerging(nn.Module):
     """2x2 neighbourhood -> one token: concat (4C), LayerNorm, Linear 4C -> 2C without bias.
@@ -349,6 +476,16 @@ class PatchMerging(nn.Module):
             h, w = h + h % 2, w + w % 2
         # (B, H/2, dy, W/2, dx, C) -> (B, H/2, W/2, dx, dy, C): dx-major gives the original order.
         x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        return self.reduction(self.norm(x))
+
+    def forward_traceable(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for symbolic sizes: always pads (by ``H % 2``, ``W % 2``, possibly 0), so the
+        graph does not depend on the parity of the export example's size (BiRefNet's half-size input
+        gives odd maps at stride 32 for some sizes)."""
+        b, h, w, c = x.shape
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        h2, w2 = (h + 1) // 2, (w + 1) // 2
+        x = x.reshape(b, h2, 2, w2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h2, w2, 4 * c)
         return self.reduction(self.norm(x))
 
 
@@ -389,6 +526,17 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, H, W, C)`` -> (stage output ``(B, H, W, C)``, input of the next stage)."""
+        if is_tracing():  # symbolic sizes: no per-size cache, no Python loop over the batch
+            _, h, w, _ = x.shape
+            nh, nw = _window_grid(h, w, self.window_size)
+            mask = None
+            if any(block.shift for block in self.blocks):
+                mask = shifted_window_mask(
+                    nh, nw, self.window_size, self.shift, device=x.device, dtype=x.dtype
+                )
+            for block in self.blocks:
+                x = block.forward_traceable(x, mask)
+            return x, (self.downsample.forward_traceable(x) if self.downsample is not None else x)
         _, h, w, _ = x.shape
         layouts = {
             shift: window_layout(h, w, self.window_size, shift, device=x.device, dtype=x.dtype)
@@ -415,7 +563,8 @@ class PatchEmbed(nn.Module):
         """``(B, 3, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), C)`` (channels last)."""
         p = self.patch_size
         pad_b, pad_r = (-x.shape[2]) % p, (-x.shape[3]) % p
-        if pad_b or pad_r:
+        # Traced: pad unconditionally, so no Python branch reads a symbolic size (padding by 0 is free).
+        if is_tracing() or pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
