@@ -126,7 +126,6 @@ def child(args: argparse.Namespace) -> None:
     size = args.size[0]
     x = torch.randn(1, 3, size, size)
     gemm = gemm_gflops(args.threads)
-    flops = count_flops(model, x)
     times = []
     with torch.inference_mode():
         for i in range(args.warmup + args.runs):
@@ -134,6 +133,9 @@ def child(args: argparse.Namespace) -> None:
             model(x)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
+    # Peak RSS of plain forwards, read before the FLOP counter and the profiler (which hold more) run.
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    flops = count_flops(model, x)
     prof = profile_modules(model, x) if args.profile else None
     deform_share = None
     if prof is None:
@@ -141,7 +143,6 @@ def child(args: argparse.Namespace) -> None:
         deform_share = prof_once.get("deformable conv (20)", 0.0) / prof_once["total"]
     else:
         deform_share = prof.get("deformable conv (20)", 0.0) / prof["total"]
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     med = statistics.median(times)
     result = {
         "variant": args.variant[0],
@@ -166,6 +167,7 @@ def onnx_speed(model, x, args) -> dict:
     import tempfile
 
     import onnxruntime as ort
+
     from birefnet.export import export_onnx
 
     with tempfile.TemporaryDirectory() as d:
