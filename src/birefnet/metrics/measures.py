@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -46,7 +47,7 @@ PER_IMAGE_NAMES = ("Smeasure", "wFmeasure", "MAE", "HCE", "mBA", "adpFm", "adpEm
 CURVE_NAMES = ("Fm_curve", "Em_curve", "BIoU_curve")
 
 
-class Metric:
+class Metric(ABC):
     """Base class: ``compute`` one image into a record, ``add`` records, ``results`` at the end."""
 
     key = ""  # the official evaluator's metric switch ("S", "E", ...)
@@ -58,8 +59,9 @@ class Metric:
     def reset(self) -> None:
         self.records = []
 
+    @abstractmethod
     def compute(self, pair: PreparedPair) -> dict:
-        raise NotImplementedError
+        """This image's values from a prepared (prediction, ground truth) pair."""
 
     def add(self, record: dict) -> None:
         self.records.append(record)
@@ -86,9 +88,9 @@ class Metric:
     def _mean_curve(self, name: str) -> np.ndarray:
         return np.mean(np.array([r[name] for r in self.records], dtype=np.float64), axis=0)
 
+    @abstractmethod
     def results(self) -> dict:
         """Dataset values: {summary name: float, curve name: (256,) array}."""
-        raise NotImplementedError
 
 
 class SMeasure(Metric):

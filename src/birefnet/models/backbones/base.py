@@ -8,6 +8,7 @@ forward pass. The decoder depends on nothing else, so any backbone can replace a
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Backbone", "DropPath", "PretrainedLoadReport", "drop_path", "load_pretrained_backbone"]
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, ABC):
     """Base class of the encoders: ``forward(x) -> [f4, f8, f16, f32]``.
 
     Subclasses set ``out_channels`` in ``__init__`` and implement ``forward``.
@@ -32,7 +33,8 @@ class Backbone(nn.Module):
     out_channels: tuple[int, int, int, int]
     reductions: tuple[int, int, int, int] = (4, 8, 16, 32)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encode a batch of images.
 
         Args:
@@ -41,7 +43,6 @@ class Backbone(nn.Module):
         Returns:
             Four tensors ``(B, out_channels[i], H / reductions[i], W / reductions[i])``.
         """
-        raise NotImplementedError
 
     # Keys of the model that ImageNet classification checkpoints never contain (e.g. Swin's
     # per-stage output norms). Missing them after a pretrained load is normal.
