@@ -9,6 +9,7 @@ from birefnet.config import BiRefNetConfig
 from birefnet.models.backbones import build_backbone
 from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, resize
 from birefnet.models.decoder import Decoder, laplacian_5x5
+from birefnet.models.memory import trim_heap_at_stage_end
 from birefnet.models.output import BiRefNetOutput
 
 # ImageNet normalisation the released weights expect (RGB in [0, 1]).
@@ -83,10 +84,12 @@ class BiRefNet(nn.Module):
         auxiliary class logits (training with auxiliary classification only, else None).
         """
         feats = list(self.bb(x))
+        trim_heap_at_stage_end(x, self.training)
         mode = self.config.multi_scale_input
         if mode:
             h, w = x.shape[-2:]
             half = self.bb(resize(x, (h // 2, w // 2)))
+            trim_heap_at_stage_end(x, self.training)
             for i, (f, g) in enumerate(zip(feats, half)):
                 g = resize(g, f.shape[-2:])
                 feats[i] = torch.cat([f, g], dim=1) if mode == "cat" else f + g

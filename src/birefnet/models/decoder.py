@@ -28,6 +28,7 @@ from birefnet.models.blocks import (
     make_norm,
     resize,
 )
+from birefnet.models.memory import trim_heap_at_stage_end
 
 DECODER_BLOCKS: dict[str, type[nn.Module]] = {"BasicDecBlk": BasicDecBlk, "ResBlk": ResBlk}
 LATERAL_BLOCKS: dict[str, type[nn.Module]] = {"BasicLatBlk": BasicLatBlk}
@@ -194,19 +195,115 @@ class Decoder(nn.Module):
         grad_logits: list[torch.Tensor] | None = [] if want_grad else None
         grad_targets: list[torch.Tensor] | None = [] if want_grad else None
 
-        p4 = self.decoder_block4(self._inward(x, x4, 5))
+        # Each stage's input is rebound before the block runs, so the pre-concatenation map is freed
+        # early; at inference the lateral sum is in place (the stride-4 maps are 100 MB each for
+        # swin_v1_l at 1024x1024).
+        p4 = self._inward(x, x4, 5)
+        p4 = self.decoder_block4(p4)
         p4 = self._outward(p4, 4, image_laplacian, side, grad_logits, grad_targets)
 
-        p3 = resize(p4, x3.shape[-2:]) + self.lateral_block4(x3)
-        p3 = self.decoder_block3(self._inward(x, p3, 4))
+        p3 = self._lateral_sum(p4, self.lateral_block4(x3))
+        del p4
+        p3 = self._inward(x, p3, 4)
+        p3 = self.decoder_block3(p3)
         p3 = self._outward(p3, 3, image_laplacian, side, grad_logits, grad_targets)
 
-        p2 = resize(p3, x2.shape[-2:]) + self.lateral_block3(x2)
-        p2 = self.decoder_block2(self._inward(x, p2, 3))
+        p2 = self._lateral_sum(p3, self.lateral_block3(x2))
+        del p3
+        p2 = self._inward(x, p2, 3)
+        p2 = self.decoder_block2(p2)
         p2 = self._outward(p2, 2, image_laplacian, side, grad_logits, grad_targets)
 
-        p1 = resize(p2, x1.shape[-2:]) + self.lateral_block2(x1)
-        p1 = self.decoder_block1(self._inward(x, p1, 2))
-        p1 = resize(p1, x.shape[-2:])
-        logits = self.conv_out1(self._inward(x, p1, 1))
+        trim_heap_at_stage_end(x, self.training)
+        p1 = self._lateral_sum(p2, self.lateral_block2(x1))
+        del p2
+        p1 = self._inward(x, p1, 2)
+        p1 = self.decoder_block1(p1)
+        if self.training:
+            p1 = resize(p1, x.shape[-2:])
+            logits = self.conv_out1(self._inward(x, p1, 1))
+        else:
+            logits = self._final_logits_eval(x, p1)
         return DecoderOutput(logits, side, grad_logits, grad_targets)
+
+    @staticmethod
+    def _lateral_sum(coarse: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
+        """``resize(coarse, lateral size) + lateral``; in place into ``lateral`` when no graph is recorded."""
+        up = resize(coarse, lateral.shape[-2:])
+        if torch.is_grad_enabled():
+            return up + lateral
+        return lateral.add_(up)
+
+    def _final_logits_eval(self, x: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
+        """``conv_out1(cat(resize(p1), ipt_blk1(x)))`` computed without full-resolution feature maps.
+
+        The last stage is linear end to end: ``conv_out1`` is a 1x1 convolution, the bilinear resize
+        acts on each channel alone, and ``ipt_blk1`` is two convolutions with no activation. So the
+        1x1 projection is applied first, at the decoder's stride-4 resolution, and only its one
+        channel is resized; and the projection of the patch encoder's output is folded into the
+        encoder's last 3x3 convolution (64 -> 1 channels instead of 64 -> C/8 then C/8 -> 1). The
+        result equals the official order of operations up to float rounding (~1e-6 relative), while
+        swin_v1_l at 1024x1024 no longer materialises a 192-channel resized map, a 240-channel
+        concatenation and a 48-channel encoder output at 1024x1024 (~2 GB together), and skips
+        ~57 GFLOP. The patch encoder runs in bands of rows so its 64-channel intermediate stays small.
+
+        Args:
+            x: (B, 3, H, W) normalised image.
+            p1: (B, C, h, w) output of ``decoder_block1`` (stride 4).
+
+        Returns:
+            (B, 1, H, W) logits.
+        """
+        head = self.conv_out1[0]
+        c = p1.shape[1]
+        w = head.weight  # (1, C + E, 1, 1)
+        logits = resize(F.conv2d(p1, w[:, :c]), x.shape[-2:])
+        bias = head.bias
+        if not self.config.inward_reference:
+            return logits if bias is None else logits + bias.view(1, -1, 1, 1)
+        # at stage 1 the patch grid is 1x1, so the encoder's input is the image itself
+        blk = self.ipt_blk1
+        w_enc = w[:, c:, 0, 0]  # (1, E)
+        w2 = torch.einsum("oe,eikl->oikl", w_enc, blk.conv_out.weight)  # (1, 64, 3, 3)
+        b2 = w_enc @ blk.conv_out.bias
+        if bias is not None:
+            b2 = b2 + bias
+        return logits + _two_convs_in_bands(x, blk.conv1.weight, blk.conv1.bias, w2, b2)
+
+
+#: Bytes of the widest intermediate of one band in :func:`_two_convs_in_bands`.
+BAND_BUDGET_BYTES = 32 * 2**20
+
+
+def _two_convs_in_bands(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    budget_bytes: int = BAND_BUDGET_BYTES,
+) -> torch.Tensor:
+    """``conv2d(conv2d(x, w1, b1, padding=1), w2, b2, padding=1)`` for 3x3 kernels, in bands of rows.
+
+    Each band of output rows reads two rows of halo from ``x`` and recomputes one row of the
+    intermediate on each side; at the image border the intermediate is zero-padded, exactly as the
+    unbanded pair of convolutions does. (B, Cin, H, W) -> (B, Cout, H, W). Under export/tracing a
+    single band is used (sizes are symbolic there).
+    """
+    from birefnet.models.backbones.swin import is_tracing
+
+    height = x.shape[2]
+    row_bytes = x.shape[0] * w1.shape[0] * x.shape[3] * x.element_size()
+    rows = max(8, budget_bytes // max(row_bytes, 1))
+    if is_tracing() or rows >= height:
+        return F.conv2d(F.conv2d(x, w1, b1, padding=1), w2, b2, padding=1)
+    out = x.new_empty(x.shape[0], w2.shape[0], height, x.shape[3])
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        m0, m1 = max(0, r0 - 1), min(height, r1 + 1)  # intermediate rows this band needs
+        x0, x1 = max(0, m0 - 1), min(height, m1 + 1)
+        xb = F.pad(x[:, :, x0:x1], (0, 0, int(m0 == 0), int(m1 == height)))
+        mid = F.conv2d(xb, w1, b1, padding=(0, 1))  # rows m0..m1
+        mid = F.pad(mid, (0, 0, int(r0 == 0), int(r1 == height)))
+        out[:, :, r0:r1] = F.conv2d(mid, w2, b2, padding=(0, 1))
+    return out

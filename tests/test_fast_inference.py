@@ -1,0 +1,176 @@
+"""The inference-only rewrites of the forward (issue 6) equal the official order of operations, and
+the opt-in optimisations work and stay close."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from birefnet import BiRefNet, BiRefNetConfig
+from birefnet.models import decoder as decoder_module
+from birefnet.models.blocks import ASPP, ASPPDeformable, norm_inplace, resize
+from birefnet.models.deform_conv import deform_conv2d
+from birefnet.models.memory import trim_heap, trim_heap_at_stage_end
+from birefnet.models.optimize import optimize_for_inference, parse_optimizations
+from conftest import rel_error
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial weights, offsets and BatchNorm statistics (fresh modules have zero offsets)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "offset" in name else 0.2))
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("height", [1, 7, 64, 65])
+def test_two_convs_in_bands_equal_unbanded(height):
+    x = torch.randn(2, 3, height, 19, dtype=torch.float64)
+    w1, b1 = torch.randn(5, 3, 3, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    w2, b2 = torch.randn(1, 5, 3, 3, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    whole = F.conv2d(F.conv2d(x, w1, b1, padding=1), w2, b2, padding=1)
+    row_bytes = 2 * 5 * 19 * 8
+    for rows in (1, 8, 9, 30):  # bands of at least 8 rows: 8, 8, 9 and 30 rows
+        banded = decoder_module._two_convs_in_bands(x, w1, b1, w2, b2, budget_bytes=rows * row_bytes)
+        assert rel_error(banded, whole) < 1e-13, rows
+
+
+@pytest.mark.parametrize("cls", [ASPPDeformable, ASPP])
+def test_aspp_sum_of_products_equals_concatenation(cls):
+    torch.manual_seed(0)
+    block = cls(6, 5, norm="bn", dropout=0.0).double()
+    _randomise(block)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    block.eval()
+    with torch.no_grad():
+        fast = block(x)
+        # the official form: concatenate the branches and the broadcast pooled branch, then conv1
+        branches = [block.aspp1] + (
+            list(block.aspp_deforms) if cls is ASPPDeformable else [block.aspp2, block.aspp3, block.aspp4]
+        )
+        outs = [b(x) for b in branches]
+        outs.append(block.global_avg_pool(x).expand(-1, -1, 9, 11))
+        official = F.relu(block.bn1(block.conv1(torch.cat(outs, dim=1))))
+    assert rel_error(fast, official) < 1e-12
+
+
+def test_norm_inplace_equals_batch_norm():
+    bn = torch.nn.BatchNorm2d(4).double()
+    _randomise(bn)
+    bn.eval()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        expected = bn(x)
+        y = x.clone()
+        out = norm_inplace(bn, y)
+    assert out.data_ptr() == y.data_ptr()  # in place at inference
+    assert rel_error(out, expected) < 1e-14
+    x.requires_grad_(True)
+    assert norm_inplace(bn, x).data_ptr() != x.data_ptr()  # autograd on: the plain module
+
+
+@pytest.mark.parametrize("inward", [True, False])
+def test_final_stage_fold_equals_official_order(inward):
+    cfg = BiRefNetConfig(backbone="pvt_v2_b0", inward_reference=inward)
+    model = BiRefNet(cfg).double().eval()
+    _randomise(model.decoder)
+    dec = model.decoder
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    p1 = torch.randn(
+        2,
+        dec.conv_out1[0].in_channels - (dec.ipt_blk1.conv_out.out_channels if inward else 0),
+        16,
+        24,
+        dtype=torch.float64,
+    )
+    with torch.no_grad():
+        fast = dec._final_logits_eval(x, p1)
+        official = dec.conv_out1(dec._inward(x, resize(p1, x.shape[-2:]), 1))
+    assert fast.shape == (2, 1, 64, 96)
+    assert rel_error(fast, official) < 1e-12
+
+
+def test_eval_forward_equals_training_form_forward():
+    """Whole model: the eval fast paths against the same model's official-order ops (float64)."""
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).double()
+    _randomise(model.decoder)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.inference_mode():
+        fast = model(x).logits
+    # official order: the training-mode code paths of the decoder, with eval BatchNorm and no dropout
+    # (the top level stays in eval mode: no Laplacian, so no gradient labels; the side heads run
+    # but do not change the logits)
+    with torch.no_grad():
+        model.decoder.train()
+        for m in model.decoder.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout)):
+                m.eval()
+        slow = model(x).logits
+    assert rel_error(fast, slow) < 1e-10
+
+
+def test_deform_inference_path_equals_autograd_path():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 9, 10, generator=g, dtype=torch.float64)
+    offset = torch.randn(2, 2 * 9, 9, 10, generator=g, dtype=torch.float64) * 2
+    mask = torch.rand(2, 9, 9, 10, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        fast = deform_conv2d(x, offset, weight, padding=1, mask=mask)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    slow = deform_conv2d(x, offset, weight.requires_grad_(True), padding=1, mask=mask)
+    assert rel_error(fast, slow.detach()) < 1e-13
+
+
+def test_trim_heap_is_safe():
+    trim_heap()
+    trim_heap_at_stage_end(torch.zeros(1, 3, 8, 8), training=False)
+
+
+def test_parse_optimizations():
+    assert parse_optimizations("channels-last, int8,int8") == ("channels_last", "int8")
+    assert parse_optimizations(None) == () == parse_optimizations("none")
+    with pytest.raises(ValueError, match="channels-last, compile, int8"):
+        parse_optimizations("fast")
+
+
+@pytest.mark.parametrize("options", ["channels_last", "int8", "channels_last,int8"])
+def test_optimizations_stay_close(options):
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="swin_v1_t")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x).logits.sigmoid()
+        out = optimize_for_inference(model, options)(x).logits.sigmoid()
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) < (0.05 if "int8" in options else 1e-4)
+
+
+def test_int8_needs_cpu():
+    with pytest.raises(ValueError, match="CPU only"):
+        optimize_for_inference(torch.nn.Linear(2, 2), "int8", device="meta")
+
+
+def test_predictor_optimize_option():
+    import copy
+
+    import numpy as np
+
+    from birefnet.inference import Predictor
+
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0"))
+    plain = Predictor(copy.deepcopy(model), size=64, device="cpu")
+    fast = Predictor(model, size=64, device="cpu", optimize="channels-last")
+    assert fast.optimizations == ("channels_last",) and "channels-last" in fast.describe()
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    assert np.abs(fast.predict(rgb) - plain.predict(rgb)).max() < 1e-4
+    with pytest.raises(ValueError, match="unknown optimisation"):
+        Predictor(model, size=64, device="cpu", optimize="turbo")
