@@ -157,9 +157,9 @@ def deform_conv2d(
         # (O, C, kh, kw) -> (G, O, Cg·K), matching the columns (B, G, Cg·K, L); summed over the groups.
         group_weight = weight.reshape(out_channels, groups, group_channels * n_points).transpose(0, 1)
         out = torch.matmul(group_weight, columns).sum(dim=1)
+        out = out.view(batch, out_channels, out_h, out_w)
     else:
         out = _gather_and_multiply(x, weight, base_y, base_x, offset, mask)
-    out = out.view(batch, out_channels, out_h, out_w)
     if bias is not None:
         out = out + bias.to(out.dtype).view(1, out_channels, 1, 1)
     return out
@@ -265,6 +265,8 @@ def _gather_and_multiply(
     recompute = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, offset, mask)
     )
+    if groups == 1 and not recompute:
+        return _gather_and_multiply_nhwc(sampler, weight, base_y, base_x, offset, mask, rows_per_chunk)
     outputs = []
     for start in range(0, out_h, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, out_h))
@@ -285,7 +287,41 @@ def _gather_and_multiply(
         else:
             out = _sample_and_multiply(sampler, group_weight, *chunk)
         outputs.append(out)
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+    return out.view(batch, out_channels, out_h, out_w)
+
+
+def _gather_and_multiply_nhwc(
+    sampler: _GatherSampler,
+    weight: torch.Tensor,
+    base_y: torch.Tensor,
+    base_x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor | None,
+    rows_per_chunk: int,
+) -> torch.Tensor:
+    """Inference path for one offset group: ``columns @ weight^T`` straight into a channels-last output.
+
+    ``(L, K·C) @ (K·C, O)`` runs at the GEMM peak here (67 GFLOP/s on 2 threads for the 7x7 block
+    at 256x256), where the transposed ``(O, K·C) @ (K·C, L)`` form reaches ~59; each chunk's product
+    is written in place into its rows of a ``(B, Ho, Wo, O)`` buffer, so there is no concatenation
+    either. Returns ``(B, O, Ho, Wo)`` in channels-last memory format (values as the NCHW path).
+    """
+    batch, _, out_h, out_w, n_points, _ = offset.shape
+    out_channels, channels = weight.shape[:2]
+    # (O, C, kh, kw) -> (K·C, O), matching the columns' (kernel point, channel) order
+    weight_t = weight.reshape(out_channels, channels, n_points).permute(2, 1, 0).reshape(-1, out_channels)
+    out = offset.new_empty((batch, out_h, out_w, out_channels), dtype=weight.dtype)
+    for start in range(0, out_h, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, out_h))
+        columns = sampler(
+            _positions(base_y[rows], base_x),
+            offset[:, :, rows],
+            None if mask is None else mask[:, :, rows],
+        )  # (B, 1, R·Wo, K·C)
+        for b in range(batch):
+            torch.mm(columns[b, 0], weight_t, out=out[b, rows].view(-1, out_channels))
+    return out.permute(0, 3, 1, 2)
 
 
 def _sample_and_multiply(
@@ -444,9 +480,19 @@ class DeformableConv2d(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        offset = self.offset_conv(x)
+        # Offsets and modulation from one convolution with the two weights stacked: one pass over
+        # the input, and a wider GEMM (the 7x7 pair at 256x256: 0.77 s instead of 0.93 s on 2 threads).
+        n = self.offset_conv.out_channels
+        both = F.conv2d(
+            x,
+            torch.cat([self.offset_conv.weight, self.modulator_conv.weight]),
+            torch.cat([self.offset_conv.bias, self.modulator_conv.bias]),
+            self.offset_conv.stride,
+            self.offset_conv.padding,
+        )
+        offset = both[:, :n]
         # Modulation in (0, 2), 1 at initialisation.
-        mask = 2 * torch.sigmoid(self.modulator_conv(x))
+        mask = 2 * torch.sigmoid(both[:, n:])
         return deform_conv2d(
             x,
             offset,
