@@ -304,6 +304,10 @@ class Predictor:
             ONNX Runtime (``model`` or ``weights`` is the .onnx path; chosen automatically for
             files ending in .onnx). Pre- and post-processing are the same; ``precision`` and
             ``patch_order`` are fixed in the file; ``device`` picks the ONNX Runtime provider.
+        optimize: opt-in inference optimisations that are not exact, a comma-separated string or
+            names from ``channels_last``, ``compile``, ``int8`` (see
+            :mod:`birefnet.models.optimize`; speed and output differences in docs/performance.md).
+            Torch backend only.
 
     Not thread-safe: use one Predictor per thread, or call it from one thread.
     """
@@ -325,6 +329,7 @@ class Predictor:
         input_resize: Literal["pil", "cv2"] = "pil",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         backend: Literal["torch", "onnx"] | None = None,
+        optimize: str | Sequence[str] | None = None,
     ) -> None:
         self.backend = _backend(backend, model, weights)
         if self.backend == "onnx":
@@ -340,6 +345,13 @@ class Predictor:
             self.precision = select_precision(precision, self.device)
             self.model, self.spec, self.name, self.weights_path = _load(model, weights, patch_order)
         self.model.eval().to(self.device)
+        from birefnet.models.optimize import optimize_for_inference, parse_optimizations
+
+        self.optimizations = parse_optimizations(optimize)
+        if self.optimizations and self.backend == "onnx":
+            raise ValueError("optimize applies to the torch backend; an ONNX file is run as exported")
+        # what forward passes call; self.model stays the plain module (its attributes are read below)
+        self._forward = optimize_for_inference(self.model, self.optimizations, self.device)
         if self.spec is not None and not self.spec.commercial:
             logger.warning(
                 "%s: the weights are licensed %s and may NOT be used commercially (%s)",
@@ -396,6 +408,7 @@ class Predictor:
             self.model.describe()
             if self.backend == "onnx"
             else f"{describe_device(self.device)}, {self.precision}"
+            + "".join(f", {o.replace('_', '-')}" for o in self.optimizations)
         )
         return f"model {self.name}{backbone} on {where}, {what[self.resolution]}"
 
@@ -467,9 +480,9 @@ class Predictor:
 
     def _logits(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         if precision == "fp32":
-            return self.model(x).logits
+            return self._forward(x).logits
         with torch.autocast(device_type=self.device.type, dtype=PRECISIONS[precision]):
-            return self.model(x).logits
+            return self._forward(x).logits
 
     @staticmethod
     def restore(prob: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:

@@ -70,6 +70,13 @@ MODEL_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "--precision",
         {"choices": ("auto", "fp32", "fp16", "bf16"), "help": "default auto (bf16/fp16 on GPU)"},
     ),
+    "optimize": (
+        "--optimize",
+        {
+            "metavar": "LIST",
+            "help": "opt-in, not exact: comma-separated channels-last, compile, int8 (docs/performance.md)",
+        },
+    ),
     "threads": (
         "--threads",
         {"type": positive_int, "metavar": "N", "help": "CPU threads for the model (torch)"},

@@ -116,7 +116,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     add_model_flags(m, "model", "weights", "size", "resolution", "patch_order", "backend")
     r = parser.add_argument_group("runtime")
     r.add_argument("--batch-size", type=positive_int, metavar="N", help="images per forward pass (default 1)")
-    add_model_flags(r, "device", "precision", "threads")
+    add_model_flags(r, "device", "precision", "optimize", "threads")
     r.add_argument(
         "--workers", type=positive_int, metavar="N", help="decode/encode threads each (default 2-4)"
     )
@@ -670,6 +670,7 @@ def run(args: argparse.Namespace) -> int:
                 patch_order=args.patch_order,
                 max_pixels=options.max_pixels,
                 backend=args.backend,
+                optimize=args.optimize,
             )
         except (CheckpointError, ValueError, KeyError, OSError) as e:
             message = str(e).strip("'\"")

@@ -35,6 +35,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "resolution",
         "device",
         "precision",
+        "optimize",
         "backend",
         "threads",
         model={
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             "precision": args.precision or "auto",
             "batch_size": settings.max_batch,
             "backend": args.backend,
+            "optimize": args.optimize,
         }
         try:
             if name is not None and registry.get(name, None) is not None:
