@@ -7,7 +7,7 @@ measured in the same run on the same threads, their ratio, the deformable convol
 forward time, and peak RSS. Optionally (--onnx) ONNX Runtime running our own exported graph.
 
     python benchmarks/speed.py --variant swin_v1_t swin_v1_l --size 512 1024
-    python benchmarks/speed.py --variant swin_v1_t --size 1024 --profile     # per-module table
+    python benchmarks/speed.py --variant swin_v1_t --size 1024 --profile     # per-module and per-op tables
 
 Weights are random (speed does not depend on values); nothing is downloaded.
 """
@@ -41,11 +41,14 @@ def gemm_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
 
 
 def count_flops(model, x) -> float:
-    """FLOPs of one forward, without the deformable sampling+GEMM (offset/modulator convs counted)."""
+    """FLOPs of the official forward, without the deformable sampling+GEMM (offset/modulator convs counted)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from birefnet.models import deform_conv
+    from birefnet.models.backbones import swin
+    from birefnet.models.blocks import resize
+    from birefnet.models.decoder import Decoder
 
     orig = deform_conv.DeformableConv2d.forward
 
@@ -58,12 +61,27 @@ def count_flops(model, x) -> float:
             inp.shape[0], w.shape[0], (inp.shape[2] - 1) // s + 1, (inp.shape[3] - 1) // s + 1
         )
 
+    def official_final_stage(self, image, p1):
+        # count the official last stage (resize, concatenate, 1x1 conv at full resolution), not
+        # the folded form our inference runs: the ratio is against the official model's FLOPs
+        return self.conv_out1(self._inward(image, resize(p1, image.shape[-2:]), 1))
+
+    orig_final = getattr(Decoder, "_final_logits_eval", None)  # absent in versions before the fold
+    orig_tracing = swin.is_tracing
     deform_conv.DeformableConv2d.forward = no_deform
+    if orig_final is not None:
+        Decoder._final_logits_eval = official_final_stage
+    # Swin's export path is the official pad -> roll -> partition form, whose qkv projection also
+    # runs on the padding tokens (our eager path skips them); count that.
+    swin.is_tracing = lambda: True
     try:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         deform_conv.DeformableConv2d.forward = orig
+        swin.is_tracing = orig_tracing
+        if orig_final is not None:
+            Decoder._final_logits_eval = orig_final
     return float(counter.get_total_flops())
 
 
@@ -113,6 +131,39 @@ def profile_modules(model, x) -> dict[str, float]:
     return {"total": total, **dict(groups)}
 
 
+# First match wins: "upsample_bilinear2d" must meet "upsample" before "linear".
+OP_GROUPS = (
+    ("interpolation", ("upsample", "interpolate", "grid_sampler")),
+    ("GEMM (linear layers, deformable-conv products)", ("addmm", "aten::mm", "bmm", "matmul", "linear")),
+    ("attention (fused SDPA kernel)", ("attention",)),
+    ("convolution (oneDNN)", ("convolution", "conv2d", "mkldnn")),
+    ("deformable sampling (embedding_bag)", ("embedding_bag",)),
+    (
+        "copies, concatenation, gathers",
+        ("copy_", "aten::cat", "index_select", "index", "contiguous", "clone"),
+    ),
+    ("normalisation", ("layer_norm", "batch_norm")),
+    ("elementwise and the rest", ("",)),
+)
+
+
+def profile_ops(model, x) -> dict[str, float]:
+    """Self CPU seconds per operator group in one forward (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    groups: dict[str, float] = defaultdict(float)
+    for ev in prof.key_averages():
+        name = ev.key.lower()
+        for group, needles in OP_GROUPS:
+            if any(n in name for n in needles):
+                groups[group] += ev.self_cpu_time_total / 1e6
+                break
+    return dict(groups)
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -135,6 +186,9 @@ def child(args: argparse.Namespace) -> None:
                 times.append(time.perf_counter() - t0)
     # Peak RSS of plain forwards, read before the FLOP counter and the profiler (which hold more) run.
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    # The machine's speed drifts (shared host): the peak is the best of a measurement before and
+    # one after the timed forwards.
+    gemm = max(gemm, gemm_gflops(args.threads))
     flops = count_flops(model, x)
     prof = profile_modules(model, x) if args.profile else None
     deform_share = None
@@ -143,6 +197,7 @@ def child(args: argparse.Namespace) -> None:
         deform_share = prof_once.get("deformable conv (20)", 0.0) / prof_once["total"]
     else:
         deform_share = prof.get("deformable conv (20)", 0.0) / prof["total"]
+    ops = profile_ops(model, x) if args.profile else None
     med = statistics.median(times)
     result = {
         "variant": args.variant[0],
@@ -157,6 +212,7 @@ def child(args: argparse.Namespace) -> None:
         "deform_share": deform_share,
         "peak_rss_gb": rss_gb,
         "profile": prof,
+        "ops": ops,
     }
     if args.onnx:
         result.update(onnx_speed(model, x, args))
@@ -250,6 +306,11 @@ def main() -> None:
                 for k, v in sorted(r["profile"].items(), key=lambda kv: -kv[1]):
                     print(f"    {k:32} {v:7.3f} s {v / total:6.1%}")
                 print(f"    {'total forward':32} {total:7.3f} s")
+            if r.get("ops"):
+                total = sum(r["ops"].values())
+                print("    operator groups (self CPU time, torch.profiler):")
+                for k, v in sorted(r["ops"].items(), key=lambda kv: -kv[1]):
+                    print(f"    {k:48} {v:7.3f} s {v / total:6.1%}")
 
 
 if __name__ == "__main__":

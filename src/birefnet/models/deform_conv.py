@@ -26,7 +26,9 @@ How it is computed (eager mode):
    stays at the size of the inputs, as with torchvision's kernel.
 
 For k = 7 the sampling and its bookkeeping are ~15 % of the time and the GEMM the rest: it has exactly the
-FLOPs of the plain convolution, but MKL's sgemm runs it ~15-25 % slower than oneDNN's direct convolution.
+FLOPs of the plain convolution. At inference (one offset group, no autograd) the product is
+``columns @ weight^T`` written into a channels-last output, which MKL runs at the GEMM peak; the
+transposed form used with autograd is ~12 % slower.
 On one CPU thread the 20 deformable convolutions of a 1024x1024 BiRefNet forward cost 1.35x the plain
 convolutions of the same shapes (benchmarks/deform_conv.py).
 
