@@ -213,9 +213,11 @@ def _run_all(tasks: list[_Task], workers: int, progress: Callable[[int], None] |
         return results
     import multiprocessing
 
-    # fork on Linux: no re-import of the caller's main module, cheap start-up; workers only use numpy
-    # and single-threaded OpenCV. Elsewhere spawn (fork is unsafe on macOS).
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    # Not fork: a child forked after this process used OpenCV's thread pool can deadlock in its first
+    # cv2 call (the copied pool's condition variables; seen in CI as a hang in pthread_cond_destroy).
+    # forkserver on Linux forks the workers from a fresh single-threaded server process and does not
+    # re-import the caller's main module; spawn elsewhere (fork is unsafe on macOS anyway).
+    ctx = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:
