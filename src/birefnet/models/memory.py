@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-__all__ = ["trim_heap"]
+__all__ = ["trim_heap", "trim_heap_at_stage_end"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,5 +49,5 @@ def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
         return
     from birefnet.models.backbones.swin import is_tracing
 
-    if not (is_tracing() or torch.compiler.is_compiling()):
+    if not is_tracing():  # covers torch.compile too
         trim_heap()
