@@ -1,10 +1,21 @@
-"""BiRefNet latency, throughput and peak memory on a GPU (issue 6), ready for when one is lent.
+"""BiRefNet latency, throughput and peak memory on a GPU (issue 6).
 
 For one variant at one size it reports, per mode: latency at batch 1 (median of CUDA-event-timed runs
-after warm-up), throughput at batch 8 (images/s), peak GPU memory, and the output difference against
-fp32 (max abs on probabilities and the fraction of pixels whose 0.5-threshold decision changes).
-Modes: fp32, fp32 with TF32 matmuls, fp16 and bf16 autocast, and bf16 + ``torch.compile`` (compile
-time reported separately).
+after warm-up), throughput at batch 8 (images/s), peak GPU memory at batch 1 and at batch 8, and the
+output difference against eager fp32 (max abs on probabilities and the fraction of pixels whose
+0.5-threshold decision changes). Modes:
+
+* ``fp32``, ``tf32`` (fp32 with TF32 matmuls and convolutions), ``fp16``, ``bf16`` (autocast): eager;
+* ``bf16-cl``: bf16 with the model and the input in channels-last memory format;
+* ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
+  per-kernel launch cost of the Python forward; static input size);
+* ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
+  size; ``bf16-compile-graph``: the same with ``mode="reduce-overhead"`` (CUDA graphs).
+
+``--check-cpu`` also runs the fp32 model on the CPU on the same weights and input and reports the
+GPU-vs-CPU relative logits error (the PARITY.md measure), so a run shows the CUDA path computes the
+same function. Each mode runs in a ``try``: one that fails is reported with its error and the rest go
+on. ``--json`` is rewritten after every mode, so a run stopped by a time limit keeps what it measured.
 
     python benchmarks/gpu.py --variant swin_v1_l --size 1024
     python benchmarks/gpu.py --variant swin_v1_t --size 256 --device cpu --modes fp32 bf16 --runs 1
@@ -19,13 +30,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
-MODES = ("fp32", "tf32", "fp16", "bf16", "bf16-compile")
+MODES = ("fp32", "tf32", "fp16", "bf16", "bf16-cl", "bf16-graph", "bf16-compile", "bf16-compile-graph")
 
 
 def _sync(device: torch.device) -> None:
@@ -33,7 +46,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device, runs: int, warmup: int) -> list[float]:
+def _timed(fn: Callable[[], object], device: torch.device, runs: int, warmup: int) -> list[float]:
     """Seconds per call of fn(), after warm-up (CUDA events on GPUs, perf_counter elsewhere)."""
     for _ in range(warmup):
         fn()
@@ -54,12 +67,91 @@ def _timed(fn, device: torch.device, runs: int, warmup: int) -> list[float]:
     return times
 
 
-def _autocast(mode: str, device: torch.device):
+def _autocast(mode: str, device: torch.device) -> contextlib.AbstractContextManager:
+    # The autocast weight-cast cache must be off while a CUDA graph is captured (its casts would be
+    # captured once and the cache cleared after), so graph modes cast inside the graph instead.
+    cache = "graph" not in mode
     if mode.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     if mode == "fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
+        return torch.autocast(device.type, dtype=torch.float16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _graphed(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Capture ``run(x)`` into a CUDA graph after a warm-up on a side stream; returns its replay."""
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = run(static_x)
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return static_out
+
+    return replay
+
+
+def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tensor, args) -> dict:
+    """One mode's timings, memory and compile time; the forward of each batch size as a callable."""
+    device = x1.device
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    net: Callable[[torch.Tensor], object] = model
+    if mode == "bf16-cl":
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x1, xb = (t.contiguous(memory_format=torch.channels_last) for t in (x1, xb))
+        net = model
+    if "compile" in mode:
+        net = torch.compile(model, dynamic=False, mode="reduce-overhead" if mode.endswith("graph") else None)
+
+    def run(x: torch.Tensor, net=net) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(mode, device):
+            return net(x).logits
+
+    row: dict = {"mode": mode}
+    forwards = {}
+    for name, x in (("b1", x1), (f"b{args.batch}", xb)):
+        _reset_peak(device)
+        fn: Callable[[], torch.Tensor] = lambda x=x: run(x)  # noqa: E731
+        if "compile" in mode:
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            row[f"compile_s_{name}"] = time.perf_counter() - t0
+        elif mode.endswith("graph"):
+            if device.type != "cuda":
+                raise RuntimeError("CUDA graphs need a CUDA device")
+            fn = _graphed(run, x)
+        runs = args.runs if name == "b1" else max(1, args.runs // 2)
+        seconds = statistics.median(_timed(fn, device, runs, args.warmup if name == "b1" else 2))
+        row[f"peak_gpu_gb_{name}"] = _peak_gb(device)
+        if name == "b1":
+            row["latency_ms_b1"] = seconds * 1000
+        else:
+            row[f"images_per_s_{name}"] = args.batch / seconds
+        forwards[name] = fn
+        done = {k: round(v, 3) for k, v in row.items() if k != "mode" and v is not None}
+        print(f"  {mode} {name}: {done}", flush=True)  # partial results, in case a time limit stops the run
+    with torch.inference_mode():
+        row["_prob"] = forwards["b1"]().float().sigmoid().clone()
+    return row
 
 
 def main() -> None:
@@ -73,65 +165,72 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="batch size of the throughput measurement")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--check-cpu", action="store_true", help="compare the fp32 GPU logits with the CPU's")
+    ap.add_argument("--json", help="also write the results to this file (rewritten after every mode)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run on a GPU machine, or pass --device cpu for a smoke run")
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest algorithms
     torch.manual_seed(0)
-    model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval().to(device)
-    x1 = torch.rand(1, 3, args.size, args.size, device=device)
+    cpu_model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval()
+    model = copy.deepcopy(cpu_model).to(device) if device.type != "cpu" else cpu_model
+    x1 = torch.rand(1, 3, args.size, args.size)
     xb = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    header = {"variant": args.variant, "size": args.size, "batch": args.batch, "torch": torch.__version__}
     if device.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+        header["device"] = torch.cuda.get_device_name(device)
+    print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
 
     with torch.inference_mode():
-        reference = model(x1).logits.float().sigmoid()
+        reference = model(x1.to(device)).logits.float()
+    if args.check_cpu and device.type != "cpu":
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            cpu_logits = cpu_model(x1).logits
+        gpu_logits = reference.cpu()
+        header["gpu_vs_cpu_rel_error"] = float((gpu_logits - cpu_logits).norm() / cpu_logits.norm())
+        header["gpu_vs_cpu_max_abs_prob"] = float((gpu_logits.sigmoid() - cpu_logits.sigmoid()).abs().max())
+        print(
+            f"fp32 GPU vs CPU: logits rel. error {header['gpu_vs_cpu_rel_error']:.2e}, "
+            f"max |dp| {header['gpu_vs_cpu_max_abs_prob']:.2e} (CPU forward {time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
+    del cpu_model
+    reference = reference.sigmoid()
+    x1 = x1.to(device)
+
     results = []
     for mode in args.modes:
-        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-        torch.backends.cudnn.allow_tf32 = mode == "tf32"
-        net = model
-        compile_s = None
-        if mode.endswith("compile"):
-            net = torch.compile(model)
-            t0 = time.perf_counter()
-            with torch.inference_mode(), _autocast(mode, device):
-                net(x1)
-            _sync(device)
-            compile_s = time.perf_counter() - t0
+        try:
+            row = _measure(mode, model, x1, xb, args)
+        except Exception as exc:  # report it and go on with the other modes
+            row = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"[:400]}
+            print(f"{mode:18s} FAILED {row['error']}", flush=True)
+        else:
+            prob = row.pop("_prob")
+            row["max_abs_prob_diff"] = float((prob - reference).abs().max())
+            row["decision_flip_fraction"] = float(((prob > 0.5) != (reference > 0.5)).float().mean())
+            bkey = f"images_per_s_b{args.batch}"
+            compile_s = [f"{row[k]:.0f}" for k in row if k.startswith("compile_s")]
 
-        def run(x, net=net, mode=mode):
-            with torch.inference_mode(), _autocast(mode, device):
-                return net(x).logits
+            def gb(key: str, row: dict = row) -> str:
+                return "-" if row.get(key) is None else f"{row[key]:.2f}"
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        latency = statistics.median(_timed(lambda: run(x1), device, args.runs, args.warmup))
-        batch_s = statistics.median(_timed(lambda: run(xb), device, max(1, args.runs // 2), 2))
-        peak_gb = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-        with torch.inference_mode():
-            prob = run(x1).float().sigmoid()
-        row = {
-            "mode": mode,
-            "latency_ms_b1": latency * 1000,
-            f"images_per_s_b{args.batch}": args.batch / batch_s,
-            "peak_gpu_gb": peak_gb,
-            "compile_s": compile_s,
-            "max_abs_prob_diff": float((prob - reference).abs().max()),
-            "decision_flip_fraction": float(((prob > 0.5) != (reference > 0.5)).float().mean()),
-        }
+            print(
+                f"{mode:18s} b1 {row['latency_ms_b1']:8.2f} ms   b{args.batch} {row[bkey]:7.1f} img/s   "
+                f"peak b1 {gb('peak_gpu_gb_b1')} GB, b{args.batch} {gb(f'peak_gpu_gb_b{args.batch}')} GB   "
+                f"max|dp| {row['max_abs_prob_diff']:.2e}   flips {row['decision_flip_fraction']:.2e}"
+                + (f"   compile {'/'.join(compile_s)} s" if compile_s else ""),
+                flush=True,
+            )
         results.append(row)
-        print(
-            f"{mode:13s} b1 {row['latency_ms_b1']:8.1f} ms   b{args.batch} {args.batch / batch_s:7.1f} img/s   "
-            f"peak {peak_gb if peak_gb is None else round(peak_gb, 2)} GB   "
-            f"max|dp| {row['max_abs_prob_diff']:.2e}   flips {row['decision_flip_fraction']:.2e}"
-            + (f"   compile {compile_s:.0f} s" if compile_s is not None else "")
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"variant": args.variant, "size": args.size, "results": results}, f, indent=1)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({**header, "results": results}, f, indent=1)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

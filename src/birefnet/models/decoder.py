@@ -271,8 +271,11 @@ class Decoder(nn.Module):
         return logits + _two_convs_in_bands(x, blk.conv1.weight, blk.conv1.bias, w2, b2)
 
 
-#: Bytes of the widest intermediate of one band in :func:`_two_convs_in_bands`.
+#: Bytes of the widest intermediate of one band in :func:`_two_convs_in_bands` on the CPU, where
+#: peak RSS is the constraint.
 BAND_BUDGET_BYTES = 32 * 2**20
+#: The same on accelerators, where each band is a few kernel launches and memory is plentiful.
+ACCELERATOR_BAND_BUDGET_BYTES = 1 * 2**30
 
 
 def _two_convs_in_bands(
@@ -281,17 +284,20 @@ def _two_convs_in_bands(
     b1: torch.Tensor | None,
     w2: torch.Tensor,
     b2: torch.Tensor | None,
-    budget_bytes: int = BAND_BUDGET_BYTES,
+    budget_bytes: int | None = None,
 ) -> torch.Tensor:
     """``conv2d(conv2d(x, w1, b1, padding=1), w2, b2, padding=1)`` for 3x3 kernels, in bands of rows.
 
     Each band of output rows reads two rows of halo from ``x`` and recomputes one row of the
     intermediate on each side; at the image border the intermediate is zero-padded, exactly as the
     unbanded pair of convolutions does. (B, Cin, H, W) -> (B, Cout, H, W). Under export/tracing a
-    single band is used (sizes are symbolic there).
+    single band is used (sizes are symbolic there). ``budget_bytes`` defaults to
+    :data:`BAND_BUDGET_BYTES` on the CPU and :data:`ACCELERATOR_BAND_BUDGET_BYTES` elsewhere.
     """
     from birefnet.models.backbones.swin import is_tracing
 
+    if budget_bytes is None:
+        budget_bytes = BAND_BUDGET_BYTES if x.device.type == "cpu" else ACCELERATOR_BAND_BUDGET_BYTES
     height = x.shape[2]
     row_bytes = x.shape[0] * w1.shape[0] * x.shape[3] * x.element_size()
     rows = max(8, budget_bytes // max(row_bytes, 1))

@@ -368,10 +368,14 @@ class _GatherSampler:
         )
         # Table-row steps of one pixel down and one pixel right, and the four corners (top-left, top-right,
         # bottom-left, bottom-right) relative to the top-left one.
-        self.row_step = torch.tensor([self.padded_w, 1], device=x.device)
-        self.corner_step = torch.tensor([0, 1, self.padded_w, self.padded_w + 1], device=x.device)
+        # Built on the device from arange (not torch.tensor of a list): no host-to-device copy, so a CUDA
+        # graph can capture the forward.
+        pair = torch.arange(2, device=x.device)  # [0, 1]
+        self.row_step = self.padded_w - (self.padded_w - 1) * pair  # [padded_w, 1]
+        corner = torch.arange(4, device=x.device)
+        self.corner_step = (corner // 2) * self.padded_w + corner % 2  # [0, 1, padded_w, padded_w + 1]
         coord_dtype = torch.promote_types(x.dtype, torch.float32)
-        self.size = torch.tensor([height, width], device=x.device, dtype=coord_dtype)
+        self.size = (height + (width - height) * pair).to(coord_dtype)  # [height, width], exact integers
 
     def __call__(self, base: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Samples at ``base + offset`` -> columns ``(B, G, R·Wo, K·Cg)``.

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -124,8 +124,8 @@ def window_layout(
     3 x 3 grid cut at ``size - ws`` and ``size - shift`` of the shifted map along each axis (the
     original "slice labelling"); padded tokens belong to the region they sit in and are not masked.
 
-    The index work is done on the CPU and cached per size (no device synchronisation on GPUs);
-    only the copies to ``device`` and the additive mask are made per call.
+    The index work is done on the CPU and cached per size (no device synchronisation on GPUs); the
+    device copies and the additive mask are cached per size, device and dtype.
 
     Args:
         height: unpadded rows of the token map.
@@ -135,23 +135,39 @@ def window_layout(
         device: device of the index tensors and mask.
         dtype: dtype of the mask.
     """
-    cpu = _window_layout_cpu(height, width, window_size, shift)
-    boundary_mask = None
-    if cpu.boundary_mask is not None:
-        different = cpu.boundary_mask.to(device, non_blocking=True)
-        boundary_mask = torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(
-            different, _MASKED
+    device = torch.device(device)
+    if device.type == "cpu":  # the float mask is made per call: a cache of them would grow with sizes
+        return _with_float_mask(_window_layout_cpu(height, width, window_size, shift), dtype)
+    # Accelerators: cached per device too, so a forward makes no host-to-device copies (a CUDA graph
+    # cannot capture a copy from pageable host memory, and each one is a stall otherwise).
+    return _window_layout_on(height, width, window_size, shift, device, dtype)
+
+
+def _with_float_mask(layout: WindowLayout, dtype: torch.dtype) -> WindowLayout:
+    """``layout`` with its bool "masked" boundary mask turned into the additive (0 / -inf) one."""
+    if layout.boundary_mask is None:
+        return layout
+    different = layout.boundary_mask
+    mask = torch.zeros(different.shape, device=different.device, dtype=dtype).masked_fill_(different, _MASKED)
+    return replace(layout, boundary_mask=mask)
+
+
+@functools.lru_cache(maxsize=32)
+def _window_layout_on(
+    height: int, width: int, ws: int, shift: int, device: torch.device, dtype: torch.dtype
+) -> WindowLayout:
+    """:func:`window_layout` with its tensors on ``device`` and the mask in ``dtype`` (cached)."""
+    cpu = _window_layout_cpu(height, width, ws, shift)
+    # Plain tensors even when first built under inference_mode (see _window_layout_cpu).
+    with torch.inference_mode(False), torch.no_grad():
+        on_device = replace(
+            cpu,
+            gather_index=cpu.gather_index.to(device),
+            pad_slots=None if cpu.pad_slots is None else cpu.pad_slots.to(device),
+            scatter_index=cpu.scatter_index.to(device),
+            boundary_mask=None if cpu.boundary_mask is None else cpu.boundary_mask.to(device),
         )
-    pad_slots = None if cpu.pad_slots is None else cpu.pad_slots.to(device, non_blocking=True)
-    return WindowLayout(
-        cpu.padded,
-        cpu.num_windows,
-        cpu.num_unmasked,
-        cpu.gather_index.to(device, non_blocking=True),
-        pad_slots,
-        cpu.scatter_index.to(device, non_blocking=True),
-        boundary_mask,
-    )
+        return _with_float_mask(on_device, dtype)
 
 
 @functools.lru_cache(maxsize=64)
