@@ -7,6 +7,11 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 
 * ``fp32``, ``tf32`` (fp32 with TF32 matmuls and convolutions), ``fp16``, ``bf16`` (autocast): eager;
 * ``bf16-cl``: bf16 with the model and the input in channels-last memory format;
+* ``bf16-gridsample``: bf16 with the deformable convolutions sampling through ``F.grid_sample``
+  (``deform_conv.GRID_SAMPLE_ON_ACCELERATORS``); ``bf16-tvdeform``: bf16 with torchvision's CUDA
+  deformable-convolution kernel in place of ours (a comparison only; needs torchvision there);
+  ``bf16-nchw-resize``: bf16 with the bilinear resizes in NCHW layout (``blocks.CHANNELS_LAST_RESIZE_ON_CUDA``
+  off), for comparison;
 * ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
   per-kernel launch cost of the Python forward; static input size);
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
@@ -38,7 +43,23 @@ from collections.abc import Callable
 
 import torch
 
-MODES = ("fp32", "tf32", "fp16", "bf16", "bf16-cl", "bf16-graph", "bf16-compile", "bf16-compile-graph")
+from birefnet.models import blocks, deform_conv
+
+_OUR_DEFORM_CONV2D = deform_conv.deform_conv2d
+
+MODES = (
+    "fp32",
+    "tf32",
+    "fp16",
+    "bf16",
+    "bf16-cl",
+    "bf16-gridsample",
+    "bf16-tvdeform",
+    "bf16-nchw-resize",
+    "bf16-graph",
+    "bf16-compile",
+    "bf16-compile-graph",
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -51,6 +72,8 @@ def _timed(fn: Callable[[], object], device: torch.device, runs: int, warmup: in
     for _ in range(warmup):
         fn()
     _sync(device)
+    if device.type == "cuda":  # peak memory of the timed runs, not of cuDNN's algorithm search
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(runs):
         if device.type == "cuda":
@@ -76,6 +99,12 @@ def _autocast(mode: str, device: torch.device) -> contextlib.AbstractContextMana
     if mode == "fp16":
         return torch.autocast(device.type, dtype=torch.float16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+def _set_tf32(enabled: bool) -> None:
+    # cuDNN's flag is on by default in PyTorch: fp32 convolutions would silently run in TF32.
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def _peak_gb(device: torch.device) -> float | None:
@@ -111,8 +140,14 @@ def _graphed(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Ca
 def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tensor, args) -> dict:
     """One mode's timings, memory and compile time; the forward of each batch size as a callable."""
     device = x1.device
-    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    _set_tf32(mode == "tf32")
+    deform_conv.GRID_SAMPLE_ON_ACCELERATORS = mode == "bf16-gridsample"
+    deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
+    blocks.CHANNELS_LAST_RESIZE_ON_CUDA = mode != "bf16-nchw-resize"
+    if mode == "bf16-tvdeform":  # comparison only: torchvision's CUDA kernel, the official code's
+        from torchvision.ops import deform_conv2d as tv_deform_conv2d
+
+        deform_conv.deform_conv2d = tv_deform_conv2d
     net: Callable[[torch.Tensor], object] = model
     if mode == "bf16-cl":
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -154,6 +189,84 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
     return row
 
 
+def _module_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Module]]:
+    """Named groups of submodules whose forward time the profile reports (groups may overlap)."""
+    groups: dict[str, list[torch.nn.Module]] = {"whole forward": [model]}
+    bb = model.bb
+    for name, child in bb.named_children():
+        if name == "layers":
+            for i, stage in enumerate(child):
+                groups[f"backbone stage {i}"] = [stage]
+        elif name == "patch_embed":
+            groups["backbone patch_embed"] = [child]
+    groups["squeeze_module"] = [model.squeeze_module]
+    for name, child in model.decoder.named_children():
+        if name.startswith("decoder_block") or name.startswith("ipt_blk"):
+            groups[f"decoder.{name}"] = [child]
+    by_class: dict[str, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        by_class.setdefault(type(module).__name__, []).append(module)
+    for cls in ("WindowAttention", "Mlp", "DeformableConv2d", "Conv2d", "BatchNorm2d", "LayerNorm"):
+        if cls in by_class:
+            groups[f"all {cls} ({len(by_class[cls])})"] = by_class[cls]
+    return groups
+
+
+def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | None) -> None:
+    """Per-module-group CUDA time (events around each module's forward) and the top operators by self
+    device time (torch.profiler) for one eager forward of ``x`` in ``mode``."""
+    device = x.device
+    deform_conv.GRID_SAMPLE_ON_ACCELERATORS = mode == "bf16-gridsample"
+    _set_tf32(False)
+    events: dict[str, list] = {}
+    handles = []
+    groups = _module_groups(model) if device.type == "cuda" else {}  # CUDA events need a CUDA device
+    for name, modules in groups.items():
+        for module in modules:
+
+            def pre(_m, _a, name=name):
+                start = torch.cuda.Event(enable_timing=True)
+                start.record()
+                events.setdefault(name, []).append([start, None])
+
+            def post(_m, _a, _o, name=name):
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                events[name][-1][1] = end
+
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def run() -> None:
+        with torch.inference_mode(), _autocast(mode, device):
+            model(x)
+
+    run()
+    _sync(device)
+    if device.type == "cuda":
+        events.clear()
+        run()
+        torch.cuda.synchronize(device)
+        print(f"per-module CUDA time, {mode}, batch {x.shape[0]} (ms; groups overlap):")
+        for name, pairs in events.items():
+            print(f"  {name:34s} {sum(a.elapsed_time(b) for a, b in pairs):9.2f}  ({len(pairs)} calls)")
+    for handle in handles:
+        handle.remove()
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        run()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
+    print(table)
+    if out_dir:
+        with open(f"{out_dir}/profile_{mode}.txt", "w") as f:
+            f.write(prof.key_averages().table(sort_by=key, row_limit=200, max_name_column_width=90))
+    deform_conv.GRID_SAMPLE_ON_ACCELERATORS = False
+
+
 def main() -> None:
     from birefnet import BiRefNet, BiRefNetConfig
 
@@ -166,6 +279,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--check-cpu", action="store_true", help="compare the fp32 GPU logits with the CPU's")
+    ap.add_argument(
+        "--profile",
+        nargs="*",
+        choices=("bf16", "bf16-gridsample", "fp32"),
+        help="after the modes, profile one eager forward at the throughput batch in these modes",
+    )
     ap.add_argument("--json", help="also write the results to this file (rewritten after every mode)")
     args = ap.parse_args()
 
@@ -183,6 +302,7 @@ def main() -> None:
         header["device"] = torch.cuda.get_device_name(device)
     print(" ".join(f"{k}={v}" for k, v in header.items()), flush=True)
 
+    _set_tf32(False)
     with torch.inference_mode():
         reference = model(x1.to(device)).logits.float()
     if args.check_cpu and device.type != "cpu":
@@ -231,6 +351,12 @@ def main() -> None:
                 json.dump({**header, "results": results}, f, indent=1)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
+    blocks.CHANNELS_LAST_RESIZE_ON_CUDA = True
+    for mode in args.profile or ():
+        import os
+
+        profile(model, xb, mode, os.path.dirname(args.json) if args.json else None)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ COLUMN_BUDGET_BYTES = 16 * 2**20
 #: The same bound on GPUs and other accelerators, where page faults do not apply and every chunk costs a
 #: few dozen kernel launches.
 ACCELERATOR_COLUMN_BUDGET_BYTES = 256 * 2**20
+#: Sample with ``F.grid_sample`` (one call, all output rows; the export path) instead of the chunked
+#: ``embedding_bag`` gathers on non-CPU devices. Same function; which is faster there is measured by
+#: ``benchmarks/gpu.py`` (mode ``bf16-gridsample``).
+GRID_SAMPLE_ON_ACCELERATORS = False
 
 # Per sample (output pixel x kernel point x offset group) bookkeeping besides its C/G channel values, in
 # bytes: 4 int64 corner indices, 4 weights and about 10 coordinate-sized temporaries.
@@ -153,7 +157,7 @@ def deform_conv2d(
     base_y = (rows[:, None] + kernel_i[None, :])[:, None, :]
     base_x = (cols[:, None] + kernel_j[None, :])[None, :, :]
 
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or (GRID_SAMPLE_ON_ACCELERATORS and x.device.type != "cpu"):
         # One GridSample over all output rows: no Python loop in the graph; the runtime plans its memory.
         columns = _GridSampler(x, groups)(_positions(base_y, base_x), offset, mask)
         # (O, C, kh, kw) -> (G, O, Cg·K), matching the columns (B, G, Cg·K, L); summed over the groups.
