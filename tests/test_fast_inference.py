@@ -174,3 +174,46 @@ def test_predictor_optimize_option():
     assert np.abs(fast.predict(rgb) - plain.predict(rgb)).max() < 1e-4
     with pytest.raises(ValueError, match="unknown optimisation"):
         Predictor(model, size=64, device="cpu", optimize="turbo")
+
+
+def test_device_window_layout_cache_equals_per_call_build():
+    """The per-device cached layout (used on accelerators, so a forward makes no host-to-device copies
+    and a CUDA graph can capture it) holds the same tensors as the CPU's per-call build."""
+    from birefnet.models.backbones import swin
+
+    for h, w, shift in ((20, 30, 0), (20, 30, 3), (12, 12, 3)):
+        per_call = swin.window_layout(h, w, 6, shift, device=torch.device("cpu"), dtype=torch.float32)
+        cached = swin._window_layout_on(h, w, 6, shift, torch.device("cpu"), torch.float32)
+        assert cached is swin._window_layout_on(h, w, 6, shift, torch.device("cpu"), torch.float32)
+        for name in ("gather_index", "pad_slots", "scatter_index", "boundary_mask"):
+            a, b = getattr(per_call, name), getattr(cached, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert torch.equal(a, b), name
+        with torch.inference_mode():  # a cache built under inference_mode still serves autograd later
+            swin._window_layout_on(h + 1, w, 6, shift, torch.device("cpu"), torch.float32)
+        assert not swin._window_layout_on(
+            h + 1, w, 6, shift, torch.device("cpu"), torch.float32
+        ).gather_index.is_inference()
+
+
+def test_deform_sampler_constants_built_on_device():
+    from birefnet.models.deform_conv import _GatherSampler
+
+    sampler = _GatherSampler(torch.zeros(2, 4, 7, 9), groups=2)
+    assert sampler.row_step.tolist() == [12, 1]
+    assert sampler.corner_step.tolist() == [0, 1, 12, 13]
+    assert sampler.size.tolist() == [7.0, 9.0] and sampler.size.dtype == torch.float32
+
+
+def test_channels_last_resize_equals_nchw():
+    """blocks.resize runs many-channel maps through the channels-last kernel on CUDA; the premise
+    (same formula, same values) checked on the CPU's two kernels."""
+    x = torch.randn(2, 16, 9, 13, dtype=torch.float64)
+    for size in ((18, 26), (5, 7)):
+        nchw = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        nhwc = F.interpolate(
+            x.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=True
+        )
+        assert rel_error(nhwc.contiguous(), nchw) < 1e-13
+    assert resize(x, (18, 26)).is_contiguous()
