@@ -298,17 +298,26 @@ def _gaussian_blur(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     direction is the same as 2-D zero padding): ~6x less work, and the window differs from the
     official one only by the float32 rounding of the outer product, below float32 noise.
     """
-    channels, pad = maps.shape[1], size // 2
+    batch, channels, height, width = maps.shape
+    pad = size // 2
+    # Every map is filtered alone, so the batch folds into the channels: (1, B*C, H, W). With C = 1 the
+    # convolution would otherwise be a dense single-channel one, for which the CPU backend has no good
+    # kernel (forward + backward of (40, 1, 128, 128): 360 ms, against 23 ms as a depthwise one on one
+    # thread); the values are the same.
+    maps = maps.reshape(1, batch * channels, height, width)
+    groups = batch * channels
     if maps.dtype == torch.float64:
         window = gaussian_window(size, sigma, dtype=maps.dtype).to(maps.device)
-        return F.conv2d(maps, window.expand(channels, 1, size, size), padding=pad, groups=channels)
+        out = F.conv2d(maps, window.expand(groups, 1, size, size), padding=pad, groups=groups)
+        return out.view(batch, channels, height, width)
     taps = _gaussian_taps(size, sigma).to(device=maps.device, dtype=maps.dtype)
     maps = F.conv2d(
-        maps, taps.view(1, 1, size, 1).expand(channels, 1, size, 1), padding=(pad, 0), groups=channels
+        maps, taps.view(1, 1, size, 1).expand(groups, 1, size, 1), padding=(pad, 0), groups=groups
     )
-    return F.conv2d(
-        maps, taps.view(1, 1, 1, size).expand(channels, 1, 1, size), padding=(0, pad), groups=channels
+    maps = F.conv2d(
+        maps, taps.view(1, 1, 1, size).expand(groups, 1, 1, size), padding=(0, pad), groups=groups
     )
+    return maps.view(batch, channels, height, width)
 
 
 def ssim(
