@@ -363,3 +363,20 @@ def test_batchnorm_with_batch_size_one_is_refused(data_root: Path, tmp_path: Pat
     cfg = TrainConfig.from_dict(tiny_config(data_root, tmp_path / "run", batch_size=1))
     with pytest.raises(ValueError, match="norm=none"):
         train(cfg)
+
+
+def test_channels_last_trains_the_same_function(data_root: Path, tmp_path: Path, one_thread) -> None:
+    """channels_last only changes memory layout: the same steps give the same losses up to float
+    rounding, and the saved weights load as usual (safetensors needs contiguous tensors).
+
+    (Weights are not compared: conv biases that feed a BatchNorm have a zero gradient up to
+    rounding, and Adam scales that rounding noise up to lr-sized steps in either layout.)"""
+    losses = {}
+    for flag in (False, True):
+        cfg = TrainConfig.from_dict(tiny_config(data_root, tmp_path / str(flag), channels_last=flag))
+        result = train(cfg)
+        assert _weights(result.final_dir)
+        losses[flag] = [r["loss"] for r in read_log(tmp_path / str(flag) / "train_log.jsonl") if "loss" in r]
+    assert len(losses[True]) == len(losses[False]) == 3
+    for a, b in zip(losses[True], losses[False]):
+        assert abs(a - b) <= 1e-3 * abs(b)

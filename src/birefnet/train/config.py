@@ -172,6 +172,9 @@ class TrainConfig:
         max_minutes: stop (with a checkpoint) after this much wall time in this process.
         precision: "fp32", "bf16" or "fp16" autocast; "auto" = bf16 on CUDA (official), fp32 on CPU.
         compile: wrap the model in ``torch.compile`` (official on; needs a C++ compiler on CPU).
+        channels_last: keep the model's 4-D weights and the input batches in channels-last memory
+            format (same values; oneDNN's NHWC convolutions: ~5 % faster steps for PVTv2-b0 at 128²
+            on the 2-core CPU; usually faster on GPUs with AMP too).
         device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1" ...
         seed: run seed (official 7); rank r seeds its dropout with ``seed + r``.
         deterministic: ``torch.use_deterministic_algorithms(True)`` (slower on GPU).
@@ -204,6 +207,7 @@ class TrainConfig:
     max_minutes: float | None = None
     precision: Precision = "auto"
     compile: bool = False
+    channels_last: bool = False
     device: str = "auto"
     seed: int = 7
     deterministic: bool = False

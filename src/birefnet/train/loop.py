@@ -341,6 +341,8 @@ def _train(
     if config.sync_batchnorm and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     model.train()
     if config.freeze_backbone:
         # A fixed feature extractor: no gradients, and eval mode so that BatchNorm statistics
@@ -515,6 +517,8 @@ def _train(
                     labels = batch["class_label"].to(device, non_blocking=True)
                     if size is not None:
                         images, masks = resize_batch(images, masks, size)
+                    if config.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
                     sync = (
                         train_model.no_sync()
                         if world > 1
