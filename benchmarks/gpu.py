@@ -7,11 +7,8 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 
 * ``fp32``, ``tf32`` (fp32 with TF32 matmuls and convolutions), ``fp16``, ``bf16`` (autocast): eager;
 * ``bf16-cl``: bf16 with the model and the input in channels-last memory format;
-* ``bf16-gridsample``: bf16 with the deformable convolutions sampling through ``F.grid_sample``
-  (``deform_conv.GRID_SAMPLE_ON_ACCELERATORS``); ``bf16-tvdeform``: bf16 with torchvision's CUDA
-  deformable-convolution kernel in place of ours (a comparison only; needs torchvision there);
-  ``bf16-nchw-resize``: bf16 with the bilinear resizes in NCHW layout (``blocks.CHANNELS_LAST_RESIZE_ON_CUDA``
-  off), for comparison;
+* ``bf16-tvdeform``: bf16 with torchvision's CUDA deformable-convolution kernel in place of ours (a
+  comparison only; needs torchvision there);
 * ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
   per-kernel launch cost of the Python forward; static input size);
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
@@ -43,7 +40,7 @@ from collections.abc import Callable
 
 import torch
 
-from birefnet.models import blocks, deform_conv
+from birefnet.models import deform_conv
 
 _OUR_DEFORM_CONV2D = deform_conv.deform_conv2d
 
@@ -53,9 +50,7 @@ MODES = (
     "fp16",
     "bf16",
     "bf16-cl",
-    "bf16-gridsample",
     "bf16-tvdeform",
-    "bf16-nchw-resize",
     "bf16-graph",
     "bf16-compile",
     "bf16-compile-graph",
@@ -141,9 +136,7 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
     """One mode's timings, memory and compile time; the forward of each batch size as a callable."""
     device = x1.device
     _set_tf32(mode == "tf32")
-    deform_conv.GRID_SAMPLE_ON_ACCELERATORS = mode == "bf16-gridsample"
     deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
-    blocks.CHANNELS_LAST_RESIZE_ON_CUDA = mode != "bf16-nchw-resize"
     if mode == "bf16-tvdeform":  # comparison only: torchvision's CUDA kernel, the official code's
         from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
@@ -216,7 +209,6 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
     """Per-module-group CUDA time (events around each module's forward) and the top operators by self
     device time (torch.profiler) for one eager forward of ``x`` in ``mode``."""
     device = x.device
-    deform_conv.GRID_SAMPLE_ON_ACCELERATORS = mode == "bf16-gridsample"
     _set_tf32(False)
     events: dict[str, list] = {}
     handles = []
@@ -264,7 +256,6 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
     if out_dir:
         with open(f"{out_dir}/profile_{mode}.txt", "w") as f:
             f.write(prof.key_averages().table(sort_by=key, row_limit=200, max_name_column_width=90))
-    deform_conv.GRID_SAMPLE_ON_ACCELERATORS = False
 
 
 def main() -> None:
@@ -282,7 +273,7 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         nargs="*",
-        choices=("bf16", "bf16-gridsample", "fp32"),
+        choices=("bf16", "fp32"),
         help="after the modes, profile one eager forward at the throughput batch in these modes",
     )
     ap.add_argument("--json", help="also write the results to this file (rewritten after every mode)")
@@ -352,7 +343,6 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
-    blocks.CHANNELS_LAST_RESIZE_ON_CUDA = True
     for mode in args.profile or ():
         import os
 

@@ -55,7 +55,7 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    if CHANNELS_LAST_RESIZE_ON_CUDA and x.is_cuda and x.dim() == 4 and x.shape[1] > 4:
+    if x.is_cuda and x.dim() == 4 and x.shape[1] > 4:
         # CUDA's NCHW bilinear kernel gives each thread one output pixel and loops over batch x
         # channels, so a many-channel map with few pixels runs on a few thousand threads (2 ms per
         # call for swin_v1_l's multi-scale and context resizes at batch 8 on an H200). The
@@ -68,10 +68,6 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         )
         return out.contiguous()
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-
-
-#: See :func:`resize`; ``benchmarks/gpu.py`` turns it off to measure the difference.
-CHANNELS_LAST_RESIZE_ON_CUDA = True
 
 
 class _ASPPBranch(nn.Module):

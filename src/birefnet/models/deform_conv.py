@@ -59,10 +59,6 @@ COLUMN_BUDGET_BYTES = 16 * 2**20
 #: The same bound on GPUs and other accelerators, where page faults do not apply and every chunk costs a
 #: few dozen kernel launches.
 ACCELERATOR_COLUMN_BUDGET_BYTES = 256 * 2**20
-#: Sample with ``F.grid_sample`` (one call, all output rows; the export path) instead of the chunked
-#: ``embedding_bag`` gathers on non-CPU devices. Same function; which is faster there is measured by
-#: ``benchmarks/gpu.py`` (mode ``bf16-gridsample``).
-GRID_SAMPLE_ON_ACCELERATORS = False
 
 # Per sample (output pixel x kernel point x offset group) bookkeeping besides its C/G channel values, in
 # bytes: 4 int64 corner indices, 4 weights and about 10 coordinate-sized temporaries.
@@ -157,7 +153,7 @@ def deform_conv2d(
     base_y = (rows[:, None] + kernel_i[None, :])[:, None, :]
     base_x = (cols[:, None] + kernel_j[None, :])[None, :, :]
 
-    if torch.onnx.is_in_onnx_export() or (GRID_SAMPLE_ON_ACCELERATORS and x.device.type != "cpu"):
+    if torch.onnx.is_in_onnx_export():
         # One GridSample over all output rows: no Python loop in the graph; the runtime plans its memory.
         columns = _GridSampler(x, groups)(_positions(base_y, base_x), offset, mask)
         # (O, C, kh, kw) -> (G, O, Cg·K), matching the columns (B, G, Cg·K, L); summed over the groups.
@@ -253,12 +249,6 @@ def _gather_and_multiply(
     out_channels, channels = weight.shape[:2]
     group_channels = channels // groups
     sampler = _GatherSampler(x, groups)
-    # (O, C, kh, kw) -> (G, O, K·Cg), matching the columns (B, G, L, K·Cg).
-    group_weight = (
-        weight.reshape(out_channels, groups, group_channels, n_points)
-        .permute(1, 0, 3, 2)
-        .reshape(groups, out_channels, n_points * group_channels)
-    )
     # The largest per-chunk tensors: the columns, or the GEMM result (O values per output pixel).
     bytes_per_row = batch * out_w * x.element_size() * max(groups * n_points * group_channels, out_channels)
     budget = COLUMN_BUDGET_BYTES if x.device.type == "cpu" else ACCELERATOR_COLUMN_BUDGET_BYTES
@@ -273,6 +263,12 @@ def _gather_and_multiply(
     )
     if groups == 1 and not recompute:
         return _gather_and_multiply_nhwc(sampler, weight, base_y, base_x, offset, mask, rows_per_chunk)
+    # (O, C, kh, kw) -> (G, O, K·Cg), matching the columns (B, G, L, K·Cg).
+    group_weight = (
+        weight.reshape(out_channels, groups, group_channels, n_points)
+        .permute(1, 0, 3, 2)
+        .reshape(groups, out_channels, n_points * group_channels)
+    )
     outputs = []
     for start in range(0, out_h, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, out_h))
