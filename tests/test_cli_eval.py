@@ -227,3 +227,22 @@ def test_model_path_with_fake_predictor(tmp_path, capsys, monkeypatch):
 def test_model_needs_data(capsys):
     rc, _, err = _run(capsys, "--model", "x")
     assert rc == 2 and "--model and --data go together" in err
+
+
+def test_unguarded_script_with_workers_gets_a_clear_error(dataset, tmp_path):
+    """Worker processes import the caller's main module: a script without the ``__main__`` guard
+    gets an EvaluationError that says what to do, not only a BrokenProcessPool."""
+    import subprocess
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from birefnet.metrics.evaluate import EvaluationError, evaluate_folders\n"
+        "try:\n"
+        f"    evaluate_folders([{str(dataset / 'a')!r}], {str(dataset / 'gt')!r}, workers=2)\n"
+        "except EvaluationError as err:\n"
+        "    print('CLEAR:', err)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "CLEAR:" in proc.stdout, proc.stdout + proc.stderr
+    assert '__name__ == "__main__"' in proc.stdout
+    assert "workers=1" in proc.stdout

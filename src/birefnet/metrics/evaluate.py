@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,8 +216,10 @@ def _run_all(tasks: list[_Task], workers: int, progress: Callable[[int], None] |
 
     # Not fork: a child forked after this process used OpenCV's thread pool can deadlock in its first
     # cv2 call (the copied pool's condition variables; seen in CI as a hang in pthread_cond_destroy).
-    # forkserver on Linux forks the workers from a fresh single-threaded server process and does not
-    # re-import the caller's main module; spawn elsewhere (fork is unsafe on macOS anyway).
+    # forkserver on Linux forks the workers from a fresh single-threaded server process; spawn
+    # elsewhere (fork is unsafe on macOS anyway). Both start each worker by importing the caller's
+    # main module, so a script that calls this with workers > 1 needs the ``if __name__ ==
+    # "__main__":`` guard (docs/evaluation.md); the ``birefnet eval`` command has it.
     ctx = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
@@ -225,6 +228,13 @@ def _run_all(tasks: list[_Task], workers: int, progress: Callable[[int], None] |
             results.append(res)
             if progress:
                 progress(1)
+    except BrokenProcessPool as err:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise EvaluationError(
+            "a metric worker process died before finishing; when calling evaluate_folders from a "
+            'script, put the call under `if __name__ == "__main__":` (workers import the main module), '
+            "or pass workers=1"
+        ) from err
     except BaseException:
         # an unreadable file (or Ctrl-C): stop now instead of finishing the queued images first
         pool.shutdown(wait=False, cancel_futures=True)
