@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from birefnet import __version__
+from birefnet._sizes import two_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -275,23 +276,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _parse_hw(size: int | str | Sequence[int] | None) -> tuple[int, int] | None:
+    """A static export size -> (height, width), both multiples of 32; None stays None."""
     if size is None:
         return None
-    if isinstance(size, str):
-        parts = size.lower().replace("×", "x").split("x")
-        try:
-            nums = [int(p) for p in parts]
-        except ValueError as e:
-            raise ValueError(f"static size {size!r}: expected HxW, e.g. 1024x1024") from e
-    elif isinstance(size, int):
-        nums = [size]
-    else:
-        nums = [int(s) for s in size]
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2:
-        raise ValueError(f"static size {size!r}: expected HxW")
-    h, w = nums
+    h, w = two_numbers(size, "static size", "HxW, e.g. 1024x1024")
     if h < MULTIPLE or w < MULTIPLE or h % MULTIPLE or w % MULTIPLE:
         near = tuple(max(MULTIPLE, round(v / MULTIPLE) * MULTIPLE) for v in (h, w))
         raise ValueError(f"static size {h}x{w}: both sides must be multiples of 32; try {near[0]}x{near[1]}")

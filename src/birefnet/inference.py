@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from birefnet import registry
+from birefnet._sizes import two_numbers
 from birefnet.imageio import DEFAULT_MAX_PIXELS, DecodedImage, ImageInput, load_image, parse_color
 from birefnet.postprocess import render_outputs
 
@@ -143,21 +144,7 @@ def parse_size(size: int | str | Sequence[int] | None) -> tuple[int, int] | None
     """``1024`` / ``"1024"`` / ``"2048x1536"`` / ``(2048, 1536)`` -> (width, height)."""
     if size is None:
         return None
-    if isinstance(size, str):
-        parts = size.lower().replace("×", "x").split("x")
-        try:
-            nums = [int(p) for p in parts]
-        except ValueError as e:
-            raise ValueError(f"size {size!r}: expected N or WxH, e.g. 1024 or 2048x1536") from e
-    elif isinstance(size, int):
-        nums = [size]
-    else:
-        nums = [int(s) for s in size]
-    if len(nums) == 1:
-        nums = nums * 2
-    if len(nums) != 2 or min(nums) <= 0:
-        raise ValueError(f"size {size!r}: expected N or WxH with positive numbers")
-    return nums[0], nums[1]
+    return two_numbers(size, "size", "N or WxH, e.g. 1024 or 2048x1536")
 
 
 def check_multiple(size: tuple[int, int], what: str = "size") -> tuple[int, int]:

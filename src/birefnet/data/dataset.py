@@ -314,19 +314,30 @@ def find_pairs(
 # reading files
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB (grey is repeated, alpha dropped, 16 bit scaled).
+def _read_8bit(path: str | os.PathLike, what: str) -> np.ndarray:
+    """A file decoded as stored (channels in OpenCV's BGR(A) order), with 16-bit and float data
+    brought to uint8 (16 bit divided by 257, float clipped to [0, 255]).
 
     Raises:
         OSError: the file cannot be read or decoded.
     """
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
-        raise OSError(f"cannot decode image {path}")
+        raise OSError(f"cannot decode {what} {path}")
     if data.dtype == np.uint16:
-        data = (data // 257).astype(np.uint8)
-    elif data.dtype != np.uint8:
-        data = np.clip(data, 0, 255).astype(np.uint8)
+        return (data // 257).astype(np.uint8)
+    if data.dtype != np.uint8:
+        return np.clip(data, 0, 255).astype(np.uint8)
+    return data
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB (grey is repeated, alpha dropped, 16 bit scaled).
+
+    Raises:
+        OSError: the file cannot be read or decoded.
+    """
+    data = _read_8bit(path, "image")
     if data.ndim == 2:
         return cv2.cvtColor(data, cv2.COLOR_GRAY2RGB)
     if data.shape[2] == 4:
@@ -341,13 +352,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     mask whose alpha is not constant is read from its alpha (a cut-out saved as RGBA); 16-bit
     masks are scaled to 8 bit.
     """
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise OSError(f"cannot decode mask {path}")
-    if data.dtype == np.uint16:
-        data = (data // 257).astype(np.uint8)
-    elif data.dtype != np.uint8:
-        data = np.clip(data, 0, 255).astype(np.uint8)
+    data = _read_8bit(path, "mask")
     if data.ndim == 3:
         if data.shape[2] == 4 and data[..., 3].min() != data[..., 3].max():
             return np.ascontiguousarray(data[..., 3])

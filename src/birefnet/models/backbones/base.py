@@ -228,3 +228,15 @@ def load_pretrained_backbone(bb: Backbone, path: str | Path) -> PretrainedLoadRe
     if report.unexpected:
         logger.info("%s: unused keys: %s", path, report.unexpected[:20])
     return report
+
+
+def init_transformer_weights(m: nn.Module) -> None:
+    """Random init of the original transformer backbones (use with ``module.apply``): truncated normal
+    0.02 for linear weights, zero biases, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

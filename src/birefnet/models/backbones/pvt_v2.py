@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birefnet.models.backbones.base import Backbone, DropPath
+from birefnet.models.backbones.base import Backbone, DropPath, init_transformer_weights
 
 __all__ = ["PVT_V2_CONFIGS", "PyramidVisionTransformerV2", "pvt_v2"]
 
@@ -197,15 +197,9 @@ class PyramidVisionTransformerV2(Backbone):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """Random init of the original: trunc-normal 0.02 linears, fan-out normal convs, unit norms."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
+    """Random init of the original: the transformer init plus fan-out normal convolutions."""
+    init_transformer_weights(m)
+    if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
         if m.bias is not None:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birefnet.models.backbones.base import Backbone, DropPath
+from birefnet.models.backbones.base import Backbone, DropPath, init_transformer_weights
 
 __all__ = [
     "SWIN_CONFIGS",
@@ -677,7 +677,7 @@ class SwinTransformer(Backbone):
         # One LayerNorm per output (not part of ImageNet checkpoints).
         for i, channels in enumerate(self.out_channels):
             self.add_module(f"norm{i}", nn.LayerNorm(channels))
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x ``(B, 3, H, W)`` normalised image (any size; BiRefNet uses multiples of 32).
@@ -691,17 +691,6 @@ class SwinTransformer(Backbone):
             norm: nn.LayerNorm = getattr(self, f"norm{i}")
             outs.append(norm(out).permute(0, 3, 1, 2).contiguous())
         return outs
-
-
-def _init_weights(m: nn.Module) -> None:
-    """Random init of the original: truncated normal 0.02 for linear layers, unit LayerNorm."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def swin_v1(name: str, drop_path_rate: float | None = None) -> SwinTransformer:
