@@ -231,9 +231,9 @@ def _run_all(tasks: list[_Task], workers: int, progress: Callable[[int], None] |
     except BrokenProcessPool as err:
         pool.shutdown(wait=False, cancel_futures=True)
         raise EvaluationError(
-            "a metric worker process died before finishing; when calling evaluate_folders from a "
-            'script, put the call under `if __name__ == "__main__":` (workers import the main module), '
-            "or pass workers=1"
+            "a metric worker process died before finishing (out of memory, or started from a script "
+            'without the `if __name__ == "__main__":` guard: workers import the main module); put the '
+            "call under that guard, or pass workers=1"
         ) from err
     except BaseException:
         # an unreadable file (or Ctrl-C): stop now instead of finishing the queued images first
