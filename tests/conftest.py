@@ -65,3 +65,16 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches the package writes by default (``birefnet eval``'s skeletons) go to a temporary folder,
+    not the user's home."""
+    old = os.environ.get("BIREFNET_CACHE")
+    os.environ["BIREFNET_CACHE"] = str(tmp_path_factory.mktemp("birefnet_cache"))
+    yield
+    if old is None:
+        os.environ.pop("BIREFNET_CACHE", None)
+    else:
+        os.environ["BIREFNET_CACHE"] = old

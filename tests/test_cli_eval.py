@@ -246,3 +246,34 @@ def test_unguarded_script_with_workers_gets_a_clear_error(dataset, tmp_path):
     assert "CLEAR:" in proc.stdout, proc.stdout + proc.stderr
     assert '__name__ == "__main__"' in proc.stdout
     assert "workers=1" in proc.stdout
+
+
+def test_skeleton_cache_is_on_by_default_and_can_be_turned_off(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path / "cache"))
+    args = (dataset / "a", "--gt", dataset / "gt", "--workers", 1)
+    rc, _, _ = _run(capsys, *args, "--no-cache", "--json", tmp_path / "plain.json")
+    assert rc == 0 and not (tmp_path / "cache").exists()
+    for name in ("first", "second"):  # the second run reads the skeletons the first one wrote
+        rc, _, _ = _run(capsys, *args, "--json", tmp_path / f"{name}.json")
+        assert rc == 0
+    assert len(list((tmp_path / "cache" / "skeletons").glob("*.npy"))) == 4
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    for name in ("first", "second"):
+        assert json.loads((tmp_path / f"{name}.json").read_text()) == plain
+    rc, _, err = _run(capsys, *args, "--no-cache", "--cache-dir", tmp_path / "c2")
+    assert rc == 2 and "contradict" in err
+
+
+def test_unwritable_skeleton_cache_does_not_stop_the_evaluation(dataset, tmp_path, capsys, caplog):
+    from birefnet.metrics.evaluate import evaluate_folders
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    args = (dataset / "a", "--gt", dataset / "gt", "--workers", 1, "--cache-dir", blocker)
+    rc, out, err = _run(capsys, *args)
+    assert rc == 0 and "HCE" in out
+    assert "warning: no skeleton cache" in err and err.count("warning") == 1
+    # the API: the write fails per GT, is logged, and the numbers come anyway
+    res = evaluate_folders([dataset / "a"], dataset / "gt", workers=1, cache_dir=blocker / "c")
+    assert res["a"]["summary"]["HCE"] >= 0
+    assert "cannot write the skeleton cache" in caplog.text

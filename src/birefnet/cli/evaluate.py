@@ -63,8 +63,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="mBA for GTs without boundary: band around the prediction (default) or the official NaN",
     )
     parser.add_argument(
-        "--cache-dir", default=None, help="cache GT skeletons here between runs (keyed by content)"
+        "--cache-dir",
+        default=None,
+        help="keep GT skeletons (HCE's slowest part) here between runs, keyed by content (default: "
+        "$BIREFNET_CACHE/skeletons, else ~/.cache/birefnet/skeletons)",
     )
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the skeleton cache")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -91,7 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     keys = parse_metrics(args.metrics)  # fail fast on a typo
     if args.workers is not None and args.workers < 1:
         raise _UsageError("--workers must be at least 1")
-    options = {"metrics": keys, "workers": args.workers}
+    if args.no_cache and args.cache_dir is not None:
+        raise _UsageError("--cache-dir and --no-cache contradict each other; give one")
+    options = {"metrics": keys, "workers": args.workers, "cache_dir": _cache_dir(args)}
     if args.mba_empty is not None:
         options["mba_empty"] = args.mba_empty
     if args.model is not None or args.data is not None:
@@ -110,6 +116,20 @@ def _run(args: argparse.Namespace) -> int:
         results = _evaluate_dirs(args, options, err)
     _report(results, args, err)
     return 0
+
+
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    from birefnet.metrics.evaluate import default_cache_dir
+
+    if args.no_cache:
+        return None
+    path = Path(args.cache_dir).expanduser() if args.cache_dir is not None else default_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # said once here, instead of once per GT file in the workers
+        print(f"birefnet eval: warning: no skeleton cache ({exc}); use --cache-dir DIR", file=sys.stderr)
+        return None
+    return path
 
 
 def _progress(total: int, enabled: bool, label: str):
@@ -148,9 +168,7 @@ def _evaluate_dirs(args: argparse.Namespace, options: dict, err) -> dict:
             err.print(f"[yellow]{name}: {len(extra)} prediction(s) without GT, ignored (e.g. {extra[0]})[/]")
     bar, advance = _progress(len(pairing.names), not args.no_progress and sys.stderr.isatty(), "evaluating")
     with bar:
-        return evaluate_folders(
-            args.pred_dirs, args.gt, pairing=pairing, progress=advance, cache_dir=args.cache_dir, **options
-        )
+        return evaluate_folders(args.pred_dirs, args.gt, pairing=pairing, progress=advance, **options)
 
 
 def _evaluate_model(args: argparse.Namespace, options: dict, err) -> dict:

@@ -9,6 +9,7 @@ all models. Several images are spread over worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -140,6 +141,20 @@ def _is_colour(path: Path) -> bool:
         return False
 
 
+def default_cache_dir() -> Path:
+    """Where ``birefnet eval`` keeps GT skeletons unless told otherwise: ``$BIREFNET_CACHE/skeletons``,
+    else ``$XDG_CACHE_HOME/birefnet/skeletons``, else ``~/.cache/birefnet/skeletons``.
+
+    (The official evaluator also keeps its skeletons, in a ``ske/`` folder beside the GT folder; we
+    keep them out of the dataset. Entries are keyed by the GT's content, so a changed GT file never
+    reuses a stale skeleton.)
+    """
+    if os.environ.get("BIREFNET_CACHE"):
+        return Path(os.environ["BIREFNET_CACHE"]).expanduser() / "skeletons"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "birefnet" / "skeletons"
+
+
 def _skeleton_cache_path(cache_dir: Path, gt: np.ndarray) -> Path:
     digest = hashlib.sha1(gt.tobytes() + str(gt.shape).encode()).hexdigest()
     return cache_dir / f"{digest}.npy"
@@ -157,10 +172,16 @@ def _gt_info(gt: np.ndarray, cache_dir: Path | None, need_skeleton: bool) -> Gro
         except (OSError, ValueError):
             logger.warning("ignoring unreadable skeleton cache file %s", path)
     info = GroundTruthInfo(gt)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    packed = np.packbits(info.skeleton.ravel())
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, np.packbits(info.skeleton.ravel()))
-    os.replace(tmp, path)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, packed)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only or full disk costs the cache, never the evaluation
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        logger.warning("cannot write the skeleton cache in %s (%s); continuing without it", cache_dir, exc)
     return info
 
 
@@ -290,15 +311,18 @@ def evaluate_arrays(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     mba_empty: str = "prediction-band",
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict]:
     """Like :func:`evaluate_folders` for predictions held in memory (one model).
 
     Args:
         preds: per GT file, the prediction as uint8 (H, W) or float [0, 1] (quantised by truncation).
         gt_paths: the GT files, same order.
+        cache_dir: as for :func:`evaluate_folders`.
     """
     keys = parse_metrics(metrics)
-    tasks = [_Task(Path(g), [], keys, mba_empty, None, preds=[p]) for p, g in zip(preds, gt_paths)]
+    cache = Path(cache_dir) if cache_dir is not None else None
+    tasks = [_Task(Path(g), [], keys, mba_empty, cache, preds=[p]) for p, g in zip(preds, gt_paths)]
     outputs = _run_all(tasks, default_workers() if workers is None else workers, progress)
     return _collect([model_name], [Path(g).name for g in gt_paths], outputs, keys, mba_empty)
 
