@@ -317,6 +317,18 @@ def test_skeleton_cache_dir(tmp_path):
     ]
     assert plain["summary"] == first["summary"] == second["summary"]
     assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == ["0.png", "1.png"]  # nothing written there
+    # an entry holds the skeleton's flat pixel indices
+    gt0 = cv2.imread(str(tmp_path / "gt" / "0.png"), cv2.IMREAD_GRAYSCALE)
+    entries = {p.name: np.load(p) for p in cached}
+    assert any(np.array_equal(idx, np.flatnonzero(GroundTruthInfo(gt0).skeleton)) for idx in entries.values())
+    # damaged entries (out-of-range indices, wrong type) are ignored, said, and rewritten
+    np.save(cached[0], np.array([10**9], dtype=np.uint32))
+    np.save(cached[1], np.array([0.5]))
+    third = evaluate_folders([tmp_path / "pred"], tmp_path / "gt", workers=1, cache_dir=tmp_path / "cache")[
+        "pred"
+    ]
+    assert third["summary"] == plain["summary"]
+    assert all(np.array_equal(np.load(p), entries[p.name]) for p in cached)
 
 
 def test_weighted_f_window_and_shared_distances_match_reference():
