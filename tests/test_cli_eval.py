@@ -253,6 +253,8 @@ def test_skeleton_cache_is_on_by_default_and_can_be_turned_off(dataset, tmp_path
     args = (dataset / "a", "--gt", dataset / "gt", "--workers", 1)
     rc, _, _ = _run(capsys, *args, "--no-cache", "--json", tmp_path / "plain.json")
     assert rc == 0 and not (tmp_path / "cache").exists()
+    rc, _, _ = _run(capsys, *args, "--metrics", "S,MAE")  # no HCE: no skeletons, no cache folder
+    assert rc == 0 and not (tmp_path / "cache").exists()
     for name in ("first", "second"):  # the second run reads the skeletons the first one wrote
         rc, _, _ = _run(capsys, *args, "--json", tmp_path / f"{name}.json")
         assert rc == 0

@@ -97,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError("--workers must be at least 1")
     if args.no_cache and args.cache_dir is not None:
         raise _UsageError("--cache-dir and --no-cache contradict each other; give one")
-    options = {"metrics": keys, "workers": args.workers, "cache_dir": _cache_dir(args)}
+    # only HCE uses skeletons: without it, no cache folder is made or read
+    cache_dir = _cache_dir(args) if "HCE" in keys else None
+    options = {"metrics": keys, "workers": args.workers, "cache_dir": cache_dir}
     if args.mba_empty is not None:
         options["mba_empty"] = args.mba_empty
     if args.model is not None or args.data is not None:
