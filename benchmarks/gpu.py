@@ -6,6 +6,8 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 0.5-threshold decision changes). Modes:
 
 * ``fp32``, ``tf32`` (fp32 with TF32 matmuls and convolutions), ``fp16``, ``bf16`` (autocast): eager;
+* ``bf16-gather``: bf16 with the deformable convolutions on the gather + GEMM path (columns in memory)
+  instead of the fused Triton kernel that every other mode uses where Triton is present;
 * ``bf16-cl``: bf16 with the model and the input in channels-last memory format;
 * ``bf16-tvdeform``: bf16 with torchvision's CUDA deformable-convolution kernel in place of ours (a
   comparison only; needs torchvision there);
@@ -49,6 +51,7 @@ MODES = (
     "tf32",
     "fp16",
     "bf16",
+    "bf16-gather",
     "bf16-cl",
     "bf16-tvdeform",
     "bf16-graph",
@@ -137,6 +140,8 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
     device = x1.device
     _set_tf32(mode == "tf32")
     deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
+    # Every mode but one runs the fused Triton deformable convolution where Triton is present.
+    deform_conv.USE_TRITON = mode != "bf16-gather"
     if mode == "bf16-tvdeform":  # comparison only: torchvision's CUDA kernel, the official code's
         from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
@@ -155,7 +160,8 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
 
     row: dict = {"mode": mode}
     forwards = {}
-    for name, x in (("b1", x1), (f"b{args.batch}", xb)):
+    sizes = [("b1", x1)] if not args.skip_b1 else []
+    for name, x in [*sizes, (f"b{args.batch}", xb)]:
         _reset_peak(device)
         fn: Callable[[], torch.Tensor] = lambda x=x: run(x)  # noqa: E731
         if "compile" in mode:
@@ -178,7 +184,9 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
         done = {k: round(v, 3) for k, v in row.items() if k != "mode" and v is not None}
         print(f"  {mode} {name}: {done}", flush=True)  # partial results, in case a time limit stops the run
     with torch.inference_mode():
-        row["_prob"] = forwards["b1"]().float().sigmoid().clone()
+        # The batch's first image is the batch-1 input: either forward gives the probabilities to compare.
+        first = forwards["b1"]() if "b1" in forwards else forwards[f"b{args.batch}"]()[:1]
+        row["_prob"] = first.float().sigmoid().clone()
     return row
 
 
@@ -267,6 +275,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--batch", type=int, default=8, help="batch size of the throughput measurement")
+    ap.add_argument(
+        "--skip-b1", action="store_true", help="measure only the throughput batch (halves compile time)"
+    )
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--check-cpu", action="store_true", help="compare the fp32 GPU logits with the CPU's")
@@ -288,6 +299,7 @@ def main() -> None:
     model = copy.deepcopy(cpu_model).to(device) if device.type != "cpu" else cpu_model
     x1 = torch.rand(1, 3, args.size, args.size)
     xb = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    xb[0] = x1[0].to(device)
     header = {"variant": args.variant, "size": args.size, "batch": args.batch, "torch": torch.__version__}
     if device.type == "cuda":
         header["device"] = torch.cuda.get_device_name(device)
@@ -330,7 +342,8 @@ def main() -> None:
                 return "-" if row.get(key) is None else f"{row[key]:.2f}"
 
             print(
-                f"{mode:18s} b1 {row['latency_ms_b1']:8.2f} ms   b{args.batch} {row[bkey]:7.1f} img/s   "
+                f"{mode:18s} b1 {row.get('latency_ms_b1', float('nan')):8.2f} ms   "
+                f"b{args.batch} {row.get(bkey, float('nan')):7.1f} img/s   "
                 f"peak b1 {gb('peak_gpu_gb_b1')} GB, b{args.batch} {gb(f'peak_gpu_gb_b{args.batch}')} GB   "
                 f"max|dp| {row['max_abs_prob_diff']:.2e}   flips {row['decision_flip_fraction']:.2e}"
                 + (f"   compile {'/'.join(compile_s)} s" if compile_s else ""),

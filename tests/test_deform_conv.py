@@ -356,3 +356,70 @@ def test_shape_errors_are_explained():
         deform_conv2d(x, torch.zeros(1, 18, 6, 6), weight, padding=1, mask=torch.ones(1, 18, 6, 6))
     with pytest.raises(ValueError, match="input channels"):
         deform_conv2d(x, torch.zeros(1, 18, 6, 6), torch.randn(2, 3, 3, 3), padding=1)
+
+
+_FUSED_CHECK = r"""
+import json, sys, torch
+from birefnet.models import _deform_triton as dt
+from birefnet.models.deform_conv import deform_conv2d
+
+torch.manual_seed(0)
+results = []
+# (batch, channels, size, out channels, kernel, stride, padding, dilation, mask, dtype)
+cases = [
+    (2, 24, (9, 11), 20, 3, 1, 1, 1, True, torch.float32),
+    (1, 16, (7, 6), 33, 1, 1, 0, 1, False, torch.float32),
+    (1, 20, (10, 9), 16, 3, 2, 2, 2, True, torch.float32),
+    (1, 32, (8, 8), 17, 3, 1, 1, 1, True, torch.float16),
+]
+for batch, channels, (h, w), out_channels, k, stride, pad, dil, with_mask, dtype in cases:
+    x = torch.randn(batch, channels, h, w, dtype=torch.float64)
+    out_h = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    out_w = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    offset = torch.randn(batch, 2 * k * k, out_h, out_w, dtype=torch.float64) * 3
+    offset[0, 0, 0, 0] = 100.0  # far outside the map: zero
+    offset[0, 1, 1, 1] = -50.0
+    offset[0, -1, -1, -1] = float("inf")  # clamped, finite
+    offset[-1, -2, 2, 1] = float("nan")  # that output pixel is NaN
+    mask = torch.rand(batch, k * k, out_h, out_w, dtype=torch.float64) * 2 if with_mask else None
+    weight = torch.randn(out_channels, channels, k, k, dtype=torch.float64)
+    ref = deform_conv2d(x, offset, weight, None, stride, pad, dil, mask)
+    low = [None if t is None else t.to(dtype) for t in (x, offset, weight, mask)]
+    got = dt.deform_conv2d_fused(
+        low[0], low[1], low[2], low[3], (stride,) * 2, (pad,) * 2, (dil,) * 2, tile=(16, 16)
+    )
+    nan_ok = bool((got.isnan() == ref.isnan()).all())
+    finite = ~ref.isnan()
+    err = float((got.double()[finite] - ref[finite]).abs().max() / ref[finite].abs().max())
+    results.append({"dtype": str(dtype), "k": k, "stride": stride, "err": err, "nan_ok": nan_ok,
+                    "shape_ok": got.shape == ref.shape,
+                    "channels_last": got.is_contiguous(memory_format=torch.channels_last)})
+json.dump(results, sys.stdout)
+"""
+
+
+@pytest.mark.skipif(not dc._deform_triton.AVAILABLE, reason="Triton is not installed (pip install triton)")
+def test_fused_triton_kernel_matches_eager_under_the_interpreter():
+    """The GPU kernel's arithmetic, run by Triton's CPU interpreter (bfloat16 products are not emulated
+    there; float16 stands in for the half types)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _FUSED_CHECK], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(run.stdout)
+    assert len(results) == 4
+    for r in results:
+        assert r["shape_ok"] and r["nan_ok"] and r["channels_last"], r
+        assert r["err"] < (2e-3 if r["dtype"] == "torch.float16" else 1e-6), r
+
+
+def test_fused_kernel_is_only_chosen_for_cuda_half_inference():
+    x = torch.randn(1, 4, 5, 5)
+    assert not dc._deform_triton.usable(x, 1, needs_grad=False)  # a CPU tensor
+    assert not dc._deform_triton.usable(x.half(), 1, needs_grad=False)

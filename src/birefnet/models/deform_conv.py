@@ -32,6 +32,10 @@ transposed form used with autograd is ~12 % slower.
 On one CPU thread the 20 deformable convolutions of a 1024x1024 BiRefNet forward cost 1.35x the plain
 convolutions of the same shapes (benchmarks/deform_conv.py).
 
+On CUDA in float16/bfloat16 inference (Triton installed, one offset group, no autograd), one fused Triton
+kernel (:mod:`birefnet.models._deform_triton`) samples and multiplies without a column tensor: 5.6x faster
+than the path above for the 20 convolutions of a 1024² forward on an H100 (docs/performance.md).
+
 During ``torch.onnx`` export a ``F.grid_sample`` formulation (ONNX ``GridSample``, opset 16+, no chunk
 loop) is used instead; it computes the same function (tests check both against a float64 reference),
 with ~1e-5 relative float32 rounding from the coordinate normalisation at 256-pixel maps.
@@ -46,7 +50,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["ACCELERATOR_COLUMN_BUDGET_BYTES", "COLUMN_BUDGET_BYTES", "DeformableConv2d", "deform_conv2d"]
+from birefnet.models import _deform_triton
+
+__all__ = [
+    "ACCELERATOR_COLUMN_BUDGET_BYTES",
+    "COLUMN_BUDGET_BYTES",
+    "USE_TRITON",
+    "DeformableConv2d",
+    "deform_conv2d",
+]
 
 #: Upper bound, in bytes, on the largest per-chunk tensor (the sampled columns, or the GEMM result for
 #: k=1); larger outputs are processed in chunks of output rows. The 7x7 deformable conv on a 64-channel
@@ -59,6 +71,11 @@ COLUMN_BUDGET_BYTES = 16 * 2**20
 #: The same bound on GPUs and other accelerators, where page faults do not apply and every chunk costs a
 #: few dozen kernel launches.
 ACCELERATOR_COLUMN_BUDGET_BYTES = 256 * 2**20
+
+#: On CUDA with Triton installed (PyTorch's CUDA wheels bring it), inference runs the fused Triton kernel
+#: of :mod:`birefnet.models._deform_triton` instead of the gather-then-GEMM path below. A switch for
+#: comparisons (``benchmarks/gpu.py`` mode ``bf16-gather``); both compute the same function.
+USE_TRITON = True
 
 # Per sample (output pixel x kernel point x offset group) bookkeeping besides its C/G channel values, in
 # bytes: 4 int64 corner indices, 4 weights and about 10 coordinate-sized temporaries.
@@ -124,6 +141,14 @@ def deform_conv2d(
     groups = offset.shape[1] // (2 * n_points)
 
     group_channels = channels // groups
+    # With autograd on, chunks are recomputed in the backward pass (see _gather_and_multiply).
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, offset, mask)
+    )
+    if USE_TRITON and _deform_triton.usable(x, groups, needs_grad):
+        # GPU inference: sampling fused with the product in one kernel; no column tensor in memory.
+        out = _deform_triton.deform_conv2d_fused(x, offset, weight, mask, (sh, sw), (ph, pw), (dh, dw))
+        return out if bias is None else out + bias.to(out.dtype).view(1, out_channels, 1, 1)
     # Sampling coordinates need more than float16's 11 significant bits; float64 stays float64.
     coord_dtype = torch.promote_types(x.dtype, torch.float32)
     weight = weight.to(x.dtype)
@@ -161,7 +186,7 @@ def deform_conv2d(
         out = torch.matmul(group_weight, columns).sum(dim=1)
         out = out.view(batch, out_channels, out_h, out_w)
     else:
-        out = _gather_and_multiply(x, weight, base_y, base_x, offset, mask)
+        out = _gather_and_multiply(x, weight, base_y, base_x, offset, mask, needs_grad)
     if bias is not None:
         out = out + bias.to(out.dtype).view(1, out_channels, 1, 1)
     return out
@@ -243,8 +268,12 @@ def _gather_and_multiply(
     base_x: torch.Tensor,
     offset: torch.Tensor,
     mask: torch.Tensor | None,
+    recompute: bool,
 ) -> torch.Tensor:
-    """Eager path of deform_conv2d: (B, O, Ho·Wo), sampled and multiplied in chunks of output rows."""
+    """Eager path of deform_conv2d: (B, O, Ho·Wo), sampled and multiplied in chunks of output rows.
+
+    With ``recompute`` (autograd on), each chunk's columns are recomputed in the backward pass.
+    """
     batch, groups, out_h, out_w, n_points, _ = offset.shape
     out_channels, channels = weight.shape[:2]
     group_channels = channels // groups
@@ -258,9 +287,6 @@ def _gather_and_multiply(
     # In training, keeping every chunk's columns for the backward pass would cost the whole column tensor
     # (822 MB for the 7x7 at 256x256) per call; recomputing them in the backward pass (as torchvision's
     # kernel does) keeps training memory at the size of the input, for one more (cheap) sampling pass.
-    recompute = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, offset, mask)
-    )
     if groups == 1 and not recompute:
         return _gather_and_multiply_nhwc(sampler, weight, base_y, base_x, offset, mask, rows_per_chunk)
     # (O, C, kh, kw) -> (G, O, K·Cg), matching the columns (B, G, L, K·Cg).
