@@ -11,6 +11,8 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``bf16-cl``: bf16 with the model and the input in channels-last memory format;
 * ``bf16-tvdeform``: bf16 with torchvision's CUDA deformable-convolution kernel in place of ours (a
   comparison only; needs torchvision there);
+* ``bf16-weights``, ``bf16-weights-graph``: the model's weights and input converted to bf16, no autocast
+  (no casts, LayerNorm and the residual stream in bf16: less exact than autocast; measure before use);
 * ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
   per-kernel launch cost of the Python forward; static input size);
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
@@ -57,6 +59,8 @@ MODES = (
     "bf16-graph",
     "bf16-compile",
     "bf16-compile-graph",
+    "bf16-weights",
+    "bf16-weights-graph",
 )
 
 
@@ -92,6 +96,8 @@ def _autocast(mode: str, device: torch.device) -> contextlib.AbstractContextMana
     # The autocast weight-cast cache must be off while a CUDA graph is captured (its casts would be
     # captured once and the cache cleared after), so graph modes cast inside the graph instead.
     cache = "graph" not in mode
+    if mode.startswith("bf16-weights"):  # the model itself is bf16: nothing to cast
+        return contextlib.nullcontext()
     if mode.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     if mode == "fp16":
@@ -150,6 +156,10 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
     if mode == "bf16-cl":
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x1, xb = (t.contiguous(memory_format=torch.channels_last) for t in (x1, xb))
+        net = model
+    if mode.startswith("bf16-weights"):
+        model = copy.deepcopy(model).to(torch.bfloat16)
+        x1, xb = x1.to(torch.bfloat16), xb.to(torch.bfloat16)
         net = model
     if "compile" in mode:
         net = torch.compile(model, dynamic=False, mode="reduce-overhead" if mode.endswith("graph") else None)
