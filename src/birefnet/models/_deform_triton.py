@@ -91,10 +91,13 @@ if AVAILABLE:
         BLOCK_O: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
-        # Output channels vary fastest over the grid, so the programs that gather the same pixels run
-        # side by side and share the gathered input through L2.
-        pid_o = tl.program_id(0)
-        pid_p = tl.program_id(1)
+        # A 1-D grid (a 2-D one would cap the pixel blocks at CUDA's 65535 on its second axis: a batch of
+        # 16 at 2048²). Output-channel blocks vary fastest, so the programs that gather the same pixels
+        # run side by side and share the gathered input through L2.
+        n_o = tl.cdiv(O, BLOCK_O)
+        pid = tl.program_id(0)
+        pid_o = pid % n_o
+        pid_p = pid // n_o
         p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         p_ok = p < P
         plane = Ho * Wo
@@ -249,12 +252,12 @@ def deform_conv2d_fused(
     block_c = _channel_block(channels)
     if tile is None:
 
-        def grid(cfg: dict) -> tuple[int, int]:
-            return triton.cdiv(out_channels, cfg["BLOCK_O"]), triton.cdiv(n_pixels, cfg["BLOCK_P"])
+        def grid(cfg: dict) -> tuple[int]:
+            return (triton.cdiv(out_channels, cfg["BLOCK_O"]) * triton.cdiv(n_pixels, cfg["BLOCK_P"]),)
 
         _tuned_kernel[grid](*args, **meta, BLOCK_C=block_c)
     else:
         block_p, block_o = tile
-        grid_fixed = (triton.cdiv(out_channels, block_o), triton.cdiv(n_pixels, block_p))
+        grid_fixed = (triton.cdiv(out_channels, block_o) * triton.cdiv(n_pixels, block_p),)
         _deform_kernel[grid_fixed](*args, **meta, BLOCK_P=block_p, BLOCK_O=block_o, BLOCK_C=block_c)
     return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
