@@ -372,11 +372,17 @@ cases = [
     (1, 20, (10, 9), 16, 3, 2, 2, 2, True, torch.float32),
     (1, 32, (8, 8), 17, 3, 1, 1, 1, True, torch.float16),
 ]
-for batch, channels, (h, w), out_channels, k, stride, pad, dil, with_mask, dtype in cases:
+for i, (batch, channels, (h, w), out_channels, k, stride, pad, dil, with_mask, dtype) in enumerate(cases):
     x = torch.randn(batch, channels, h, w, dtype=torch.float64)
     out_h = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
     out_w = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
-    offset = torch.randn(batch, 2 * k * k, out_h, out_w, dtype=torch.float64) * 3
+    # The first case as the module feeds it: offsets a channel slice of the offset+mask conv output
+    # (not contiguous), and a channels-last input; the others contiguous.
+    offset = torch.randn(batch, 3 * k * k, out_h, out_w, dtype=torch.float64)[:, : 2 * k * k] * 3
+    if i == 0:
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        offset = offset.contiguous()
     offset[0, 0, 0, 0] = 100.0  # far outside the map: zero
     offset[0, 1, 1, 1] = -50.0
     offset[0, -1, -1, -1] = float("inf")  # clamped, finite
@@ -384,7 +390,12 @@ for batch, channels, (h, w), out_channels, k, stride, pad, dil, with_mask, dtype
     mask = torch.rand(batch, k * k, out_h, out_w, dtype=torch.float64) * 2 if with_mask else None
     weight = torch.randn(out_channels, channels, k, k, dtype=torch.float64)
     ref = deform_conv2d(x, offset, weight, None, stride, pad, dil, mask)
+    # .to keeps the memory layout (a strided copy when the dtype changes)
     low = [None if t is None else t.to(dtype) for t in (x, offset, weight, mask)]
+    if i == 0:
+        low[1] = torch.randn(batch, 3 * k * k, out_h, out_w, dtype=dtype)[:, : 2 * k * k]
+        low[1].copy_(offset)
+        assert not low[1].is_contiguous() and low[0].is_contiguous(memory_format=torch.channels_last)
     got = dt.deform_conv2d_fused(
         low[0], low[1], low[2], low[3], (stride,) * 2, (pad,) * 2, (dil,) * 2, tile=(16, 16)
     )
