@@ -342,3 +342,29 @@ def test_load_pretrained_torchvision_names(tmp_path) -> None:
     report = load_pretrained_backbone(vgg, path)
     assert report.missing == [] and report.unexpected == ["classifier.0.weight"]
     assert torch.equal(vgg.state_dict()["conv3.27.weight"], tv["features.27.weight"])
+
+
+@pytest.mark.parametrize(
+    ("side", "dim", "heads", "window"), [(64, 96, 3, 12), (50, 48, 3, 7), (20, 32, 2, 7)]
+)
+def test_swin_stage_workspace_path_is_bitwise_the_plain_path(side, dim, heads, window):
+    """CPU inference writes the blocks' large temporaries into one reused buffer and sums the residuals
+    in place; the numbers must be exactly those of the plain path, in both padding branches (64 -> 72
+    and 50 -> 56 pad over 1/8 of the slots: project, then gather; 20 -> 21 under: gather, then project)."""
+    from birefnet.models.backbones.swin import SwinStage
+
+    torch.manual_seed(0)
+    stage = SwinStage(dim, 2, heads, window, 4.0, [0.0, 0.0], downsample=False).eval()
+    x = torch.randn(2, side, side, dim)
+    x_before = x.clone()
+    with torch.inference_mode():
+        ours, _ = stage(x)
+        layouts = {
+            s: window_layout(side, side, window, s, device=torch.device("cpu"), dtype=torch.float32)
+            for s in (0, window // 2)
+        }
+        plain = x
+        for block in stage.blocks:
+            plain = block(plain, layouts[block.shift], None)
+    assert torch.equal(ours, plain)
+    assert torch.equal(x, x_before)  # the stage input is not summed into in place

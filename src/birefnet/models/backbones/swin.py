@@ -396,6 +396,64 @@ class Mlp(nn.Module):
         return self.fc2(hidden)
 
 
+class _Workspace:
+    """One reusable CPU buffer that the blocks of a stage carve their largest temporaries from.
+
+    At inference on the CPU, a Swin block's largest temporaries (the window gather, the qkv
+    projection, the MLP's 4C-wide hidden layer; 50-200 MB each at swin_v1_l's first stages at 1024²)
+    are above glibc's mmap threshold: each fresh one is mapped, page-faulted in and unmapped again,
+    and a page-faulted fill runs at ~1.5 GB/s here against ~6.5 GB/s for memory already mapped. Writing
+    them into one buffer kept for the whole stage removes those faults (docs/performance.md). The
+    attention phase (gather + qkv) and the MLP phase (hidden) never hold their buffers at the same
+    time, so both take their views from the buffer's start: the stage holds max(gather + qkv, hidden),
+    which is what a block held at its peak before.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def views(self, like: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+        """Consecutive, non-overlapping views of ``shapes`` from the buffer's start (dtype and device of
+        ``like``); earlier views of the buffer must be dead."""
+        sizes = [int(torch.Size(shape).numel()) for shape in shapes]
+        total = sum(sizes)
+        buf = self.buffer
+        if buf is None or buf.numel() < total or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.buffer = None  # drop the old one first: never hold both
+            buf = self.buffer = torch.empty(total, dtype=like.dtype, device=like.device)
+        out, start = [], 0
+        for shape, size in zip(shapes, sizes):
+            out.append(buf[start : start + size].view(shape))
+            start += size
+        return out
+
+
+def _plain_linear(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module(x)`` is a plain float ``x @ W^T + b`` that can be written into a given buffer
+    (not a quantised or otherwise replaced layer, same dtype, no autocast)."""
+    return (
+        type(module) is nn.Linear and x.dtype == module.weight.dtype and not _autocast_enabled(x.device.type)
+    )
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _linear_into(module: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` written into ``out`` (same values: F.linear is this addmm)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    out2d = out.view(-1, module.out_features)
+    if module.bias is None:
+        torch.mm(x2d, module.weight.t(), out=out2d)
+    else:
+        torch.addmm(module.bias, x2d, module.weight.t(), out=out2d)
+    return out
+
+
 class SwinBlock(nn.Module):
     """(Shifted-)window attention block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
@@ -429,11 +487,16 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-        """Args: x ``(B, H, W, C)``; layout: :func:`window_layout` of (H, W) for this block's shift.
+    def forward(
+        self, x: torch.Tensor, layout: WindowLayout, workspace: _Workspace | None = None
+    ) -> torch.Tensor:
+        """Args: x ``(B, H, W, C)``; layout: :func:`window_layout` of (H, W) for this block's shift;
+        workspace: at CPU inference, the stage's reusable buffer (:class:`_Workspace`), else None.
 
         Returns ``(B, H, W, C)``.
         """
+        if workspace is not None and _plain_linear(self.attn.qkv, x) and _plain_linear(self.mlp.fc1, x):
+            return self._forward_in_workspace(x, layout, workspace)
         b, h, w, c = x.shape
         # Right/bottom zero padding to window multiples comes *after* norm1: padded tokens are zero
         # vectors that take part in attention unmasked and are cropped afterwards (Swin-det
@@ -469,6 +532,44 @@ class SwinBlock(nn.Module):
         y = y.view(b, -1, c).index_select(1, layout.scatter_index)
         x = x + self.drop_path(self.attn.proj(y).view(b, h, w, c))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _forward_in_workspace(
+        self, x: torch.Tensor, layout: WindowLayout, workspace: _Workspace
+    ) -> torch.Tensor:
+        """:meth:`forward` at inference with its large temporaries in ``workspace`` and the residual sums
+        made in place into the fresh branch outputs: the same operations on the same values (x + y and
+        y + x are the same float sums), without page-faulting new memory for each."""
+        b, h, w, c = x.shape
+        n_win = layout.num_windows * self.window_size * self.window_size
+        tokens = self.norm1(x).reshape(b, h * w, c)
+        n_pad = 0 if layout.pad_slots is None else layout.pad_slots.numel()
+        if n_pad * 8 < h * w:  # gather, then project (see forward)
+            windows, qkv = workspace.views(x, (b, n_win, c), (b, n_win, 3 * c))
+            torch.index_select(tokens, 1, layout.gather_index, out=windows)
+            if layout.pad_slots is not None:
+                windows.index_fill_(1, layout.pad_slots, 0.0)
+            windows = _linear_into(self.attn.qkv, windows, qkv)
+        else:  # project the real tokens, then gather; padding slots get the bias
+            qkv, windows = workspace.views(x, (b, h * w, 3 * c), (b, n_win, 3 * c))
+            _linear_into(self.attn.qkv, tokens, qkv)
+            torch.index_select(qkv, 1, layout.gather_index, out=windows)
+            if self.attn.qkv.bias is None:
+                windows.index_fill_(1, layout.pad_slots, 0.0)
+            else:
+                windows[:, layout.pad_slots] = self.attn.qkv.bias
+        del tokens
+        n = self.window_size * self.window_size
+        y = self.attn(
+            windows.view(b, layout.num_windows, n, 3 * c), layout.num_unmasked, layout.boundary_mask
+        )
+        del windows, qkv  # the workspace is free again
+        y = y.view(b, -1, c).index_select(1, layout.scatter_index)
+        x = self.attn.proj(y).view(b, h, w, c).add_(x)
+        del y
+        (hidden,) = workspace.views(x, (b, h, w, self.mlp.fc1.out_features))
+        _linear_into(self.mlp.fc1, self.norm2(x), hidden)
+        torch.ops.aten.gelu_(hidden)
+        return self.mlp.fc2(hidden).add_(x)
 
     def forward_traceable(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward` with symbolic sizes (export): pad, roll, reshape partition, batched attention.
@@ -590,8 +691,12 @@ class SwinStage(nn.Module):
             shift: window_layout(h, w, self.window_size, shift, device=x.device, dtype=x.dtype)
             for shift in {block.shift for block in self.blocks}
         }
+        # CPU inference: the blocks share one buffer for their largest temporaries (see _Workspace).
+        inference = not self.training and not torch.is_grad_enabled() and x.device.type == "cpu"
+        workspace = _Workspace() if inference else None
         for block in self.blocks:
-            x = block(x, layouts[block.shift])
+            x = block(x, layouts[block.shift], workspace)
+        del workspace
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 
