@@ -175,8 +175,8 @@ if AVAILABLE:
         out = out_ptr + p[:, None].to(tl.int64) * O + o[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & o_ok[None, :])
 
-    # Tile shapes tried once per (C, O, kernel size, dtype) on the first call, then cached; few, because
-    # each is a compilation. The timings behind them are in docs/performance.md.
+    # Tile shapes timed on the first call per (C, O, kernel size, dtype, pixel-count class), then kept for
+    # the process; few, because each is a compilation. The H100's choices are in docs/performance.md.
     _CONFIGS = [
         triton.Config({"BLOCK_P": 128, "BLOCK_O": 128}, num_warps=8, num_stages=2),
         triton.Config({"BLOCK_P": 64, "BLOCK_O": 256}, num_warps=8, num_stages=2),
