@@ -443,6 +443,11 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
+def _linear(module: nn.Module, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``module(x)``, written into ``out`` when one is given."""
+    return module(x) if out is None else _linear_into(module, x, out)
+
+
 def _linear_into(module: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``module(x)`` written into ``out`` (same values: F.linear is this addmm)."""
     x2d = x.reshape(-1, x.shape[-1])
@@ -491,13 +496,17 @@ class SwinBlock(nn.Module):
         self, x: torch.Tensor, layout: WindowLayout, workspace: _Workspace | None = None
     ) -> torch.Tensor:
         """Args: x ``(B, H, W, C)``; layout: :func:`window_layout` of (H, W) for this block's shift;
-        workspace: at CPU inference, the stage's reusable buffer (:class:`_Workspace`), else None.
+        workspace: at CPU inference, the stage's reusable buffer (:class:`_Workspace`), else None. With
+        it, the large temporaries are written into it and the residual sums are made in place into the
+        fresh branch outputs: the same operations on the same values (x + y and y + x are the same
+        float sums), without page-faulting new memory for each.
 
         Returns ``(B, H, W, C)``.
         """
-        if workspace is not None and _plain_linear(self.attn.qkv, x) and _plain_linear(self.mlp.fc1, x):
-            return self._forward_in_workspace(x, layout, workspace)
+        if workspace is not None and not (_plain_linear(self.attn.qkv, x) and _plain_linear(self.mlp.fc1, x)):
+            workspace = None  # a replaced (e.g. quantised) layer cannot write into a given buffer
         b, h, w, c = x.shape
+        n_win = layout.num_windows * self.window_size * self.window_size
         # Right/bottom zero padding to window multiples comes *after* norm1: padded tokens are zero
         # vectors that take part in attention unmasked and are cropped afterwards (Swin-det
         # behaviour). Their qkv projection is therefore exactly the qkv bias, so the projection runs
@@ -510,12 +519,18 @@ class SwinBlock(nn.Module):
         tokens = self.norm1(x).reshape(b, h * w, c)
         n_pad = 0 if layout.pad_slots is None else layout.pad_slots.numel()
         if n_pad * 8 < h * w:
-            windows = tokens.index_select(1, layout.gather_index)
+            windows, qkv = workspace.views(x, (b, n_win, c), (b, n_win, 3 * c)) if workspace else (None, None)
+            windows = torch.index_select(tokens, 1, layout.gather_index, out=windows)
             if layout.pad_slots is not None:
                 windows.index_fill_(1, layout.pad_slots, 0.0)
-            windows = self.attn.qkv(windows)
+            windows = _linear(self.attn.qkv, windows, qkv)
         else:
-            windows = self.attn.qkv(tokens).index_select(1, layout.gather_index)
+            qkv, windows = (
+                workspace.views(x, (b, h * w, 3 * c), (b, n_win, 3 * c)) if workspace else (None, None)
+            )
+            projected = _linear(self.attn.qkv, tokens, qkv)
+            windows = torch.index_select(projected, 1, layout.gather_index, out=windows)
+            del projected
             bias = self.attn.qkv.bias
             if callable(bias):  # dynamically quantised Linear (int8 option): bias() is a method
                 bias = bias()
@@ -523,47 +538,18 @@ class SwinBlock(nn.Module):
                 windows.index_fill_(1, layout.pad_slots, 0.0)
             else:
                 windows[:, layout.pad_slots] = bias.to(windows.dtype)
-        del tokens
+        del tokens, qkv
         n = self.window_size * self.window_size
         y = self.attn(
             windows.view(b, layout.num_windows, n, 3 * c), layout.num_unmasked, layout.boundary_mask
         )
+        del windows  # the workspace is free again
         # merge + reverse shift + crop in one gather
         y = y.view(b, -1, c).index_select(1, layout.scatter_index)
-        x = x + self.drop_path(self.attn.proj(y).view(b, h, w, c))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def _forward_in_workspace(
-        self, x: torch.Tensor, layout: WindowLayout, workspace: _Workspace
-    ) -> torch.Tensor:
-        """:meth:`forward` at inference with its large temporaries in ``workspace`` and the residual sums
-        made in place into the fresh branch outputs: the same operations on the same values (x + y and
-        y + x are the same float sums), without page-faulting new memory for each."""
-        b, h, w, c = x.shape
-        n_win = layout.num_windows * self.window_size * self.window_size
-        tokens = self.norm1(x).reshape(b, h * w, c)
-        n_pad = 0 if layout.pad_slots is None else layout.pad_slots.numel()
-        if n_pad * 8 < h * w:  # gather, then project (see forward)
-            windows, qkv = workspace.views(x, (b, n_win, c), (b, n_win, 3 * c))
-            torch.index_select(tokens, 1, layout.gather_index, out=windows)
-            if layout.pad_slots is not None:
-                windows.index_fill_(1, layout.pad_slots, 0.0)
-            windows = _linear_into(self.attn.qkv, windows, qkv)
-        else:  # project the real tokens, then gather; padding slots get the bias
-            qkv, windows = workspace.views(x, (b, h * w, 3 * c), (b, n_win, 3 * c))
-            _linear_into(self.attn.qkv, tokens, qkv)
-            torch.index_select(qkv, 1, layout.gather_index, out=windows)
-            if self.attn.qkv.bias is None:
-                windows.index_fill_(1, layout.pad_slots, 0.0)
-            else:
-                windows[:, layout.pad_slots] = self.attn.qkv.bias
-        del tokens
-        n = self.window_size * self.window_size
-        y = self.attn(
-            windows.view(b, layout.num_windows, n, 3 * c), layout.num_unmasked, layout.boundary_mask
-        )
-        del windows, qkv  # the workspace is free again
-        y = y.view(b, -1, c).index_select(1, layout.scatter_index)
+        if workspace is None:
+            x = x + self.drop_path(self.attn.proj(y).view(b, h, w, c))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # inference (no drop path)
         x = self.attn.proj(y).view(b, h, w, c).add_(x)
         del y
         (hidden,) = workspace.views(x, (b, h, w, self.mlp.fc1.out_features))
