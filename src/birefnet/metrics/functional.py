@@ -32,6 +32,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
+from ._jit import compiled
 from .skeleton import ComponentSkeleton, skeletonize
 
 logger = logging.getLogger(__name__)
@@ -638,14 +639,80 @@ def _importance_table() -> np.ndarray:
     return table
 
 
+def _edt_sq_kernel(fg: np.ndarray, far: int) -> np.ndarray:
+    """(H, W) int32 exact squared Euclidean distance to the nearest non-zero pixel of ``fg``, clamped
+    at ``far``. Plain Python, compiled by numba (:func:`._jit.compiled`).
+
+    Meijster et al.'s separable algorithm in integers: per column, the distance to the nearest GT
+    pixel in that column (two scans); per row, the lower envelope of the parabolas
+    ``(x - j)^2 + g_j^2`` over the columns ``j``. Columns without a GT pixel get ``g = H + W``,
+    whose square exceeds every real distance, so they never win while the GT is not empty.
+    """
+    height, width = fg.shape
+    none = height + width
+    g = np.empty((height, width), dtype=np.int32)
+    for j in range(width):
+        g[0, j] = 0 if fg[0, j] else none
+    for i in range(1, height):
+        for j in range(width):
+            g[i, j] = 0 if fg[i, j] else g[i - 1, j] + 1
+    for i in range(height - 2, -1, -1):
+        for j in range(width):
+            if g[i + 1, j] + 1 < g[i, j]:
+                g[i, j] = g[i + 1, j] + 1
+    out = np.empty((height, width), dtype=np.int32)
+    site = np.empty(width, dtype=np.int64)  # columns whose parabola is on the envelope
+    start = np.empty(width, dtype=np.int64)  # first x where each of them is the lowest
+    g2 = np.empty(width, dtype=np.int64)
+    for i in range(height):
+        for j in range(width):
+            gj = np.int64(g[i, j])
+            g2[j] = gj * gj
+        q = 0
+        site[0] = 0
+        start[0] = 0
+        for u in range(1, width):
+            while q >= 0:
+                s = site[q]
+                t = start[q]
+                if (t - s) * (t - s) + g2[s] <= (t - u) * (t - u) + g2[u]:
+                    break
+                q -= 1
+            if q < 0:
+                q = 0
+                site[0] = u
+            else:
+                s = site[q]
+                # first x where u's parabola is strictly lower than s's
+                x = (u * u - s * s + g2[u] - g2[s]) // (2 * (u - s)) + 1
+                if x < width:
+                    q += 1
+                    site[q] = u
+                    start[q] = x
+        for x in range(width - 1, -1, -1):
+            s = site[q]
+            d = (x - s) * (x - s) + g2[s]
+            out[i, x] = far if d > far else d
+            if x == start[q]:
+                q -= 1
+    return out
+
+
 def gt_distance_sq(fg: np.ndarray, pad: int = 0) -> np.ndarray:
     """(H + 2 pad, W + 2 pad) int32 exact squared Euclidean distance to the GT, clamped at 266^2.
 
-    0 on the GT. OpenCV's exact (Felzenszwalb) distance transform returns float32 distances;
-    squared distances are integers, so rounding the square recovers them exactly (the float32
-    error is far below 0.5 up to the clamp). ``pad`` adds a frame of background around the image,
-    which does not change the distances inside (background pixels are not sources).
+    0 on the GT. ``pad`` adds a frame of background around the image, which does not change the
+    distances inside (background pixels are not sources). With numba, an exact integer transform
+    (:func:`_edt_sq_kernel`, ~4x faster than OpenCV's); without, OpenCV's exact (Felzenszwalb)
+    transform, whose float32 distances are squared and rounded: squared distances are integers and
+    the float32 error is far below 0.5 up to the clamp, so both give the same numbers.
     """
+    kernel = compiled(_edt_sq_kernel)
+    if kernel is not None and fg.any():
+        fg8 = np.ascontiguousarray(fg).view(np.uint8)
+        if pad:
+            fg8 = cv2.copyMakeBorder(fg8, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+        return kernel(fg8, _FAR)
     bg = np.logical_not(fg).view(np.uint8)
     if pad:
         bg = cv2.copyMakeBorder(bg, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=1)
