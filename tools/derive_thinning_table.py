@@ -17,7 +17,7 @@ function's behaviour alone, so that our table is a measurement, not a copy of th
 3. The few entries left (codes that only matter when they first appear in a second sub-iteration)
    are settled by simulating every remaining combination on random binary masks.
 
-The printed table is ``birefnet.metrics.skeleton._TABLE``; ``tests/test_skeleton.py`` checks that our
+The printed table is ``birefnet.metrics.skeleton._TABLE``; ``tests/test_metric_kernels.py`` checks that our
 kernel equals ``skeletonize`` on thousands of masks. Measured with scikit-image 0.26.0.
 """
 

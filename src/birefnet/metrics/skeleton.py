@@ -11,7 +11,7 @@ proportional to the pixels removed (~17 ms for the same mask).
 The decisions come from a 256-entry table indexed by the neighbourhood (:data:`_TABLE`).
 scikit-image's table is not the Zhang-Suen conditions (it differs from them on dozens of entries)
 and is not exposed; ours was measured from ``skeletonize``'s behaviour by black-box probing
-(``tools/derive_thinning_table.py`` re-derives it), and ``tests/test_skeleton.py`` checks the kernel
+(``tools/derive_thinning_table.py`` re-derives it), and ``tests/test_metric_kernels.py`` checks the kernel
 against ``skeletonize`` on thousands of masks. Without numba, scikit-image itself is called.
 
 On top of that, work is skipped exactly:
