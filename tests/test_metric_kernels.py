@@ -86,7 +86,8 @@ def test_without_numba_scikit_image_is_used(monkeypatch):
 
 def test_distance_kernel_equals_scipy_and_the_opencv_fallback(monkeypatch):
     """The integer transform gives the exact squared distances (scipy's exact EDT), clamped, with a
-    frame of padding or without, and the same numbers as the OpenCV fallback used without numba."""
+    frame of padding or without, and the same numbers as the OpenCV fallback used without numba; so
+    do the wF importance weights computed from them."""
     from birefnet.metrics import functional as F
 
     assert _jit.compiled(F._edt_sq_kernel) is not None
@@ -102,6 +103,28 @@ def test_distance_kernel_equals_scipy_and_the_opencv_fallback(monkeypatch):
         got = F.gt_distance_sq(fg, pad=pad)
         exact = ndimage.distance_transform_edt(np.pad(~fg, pad, constant_values=True)) ** 2
         np.testing.assert_array_equal(got, np.minimum(np.rint(exact), F._FAR).astype(np.int32))
+        importance = F.gt_importance(F.gt_distance_sq(fg), fg)
         monkeypatch.setattr(_jit, "ENABLED", False)
         np.testing.assert_array_equal(F.gt_distance_sq(fg, pad=pad), got)
+        np.testing.assert_array_equal(F.gt_importance(F.gt_distance_sq(fg), fg), importance)
         monkeypatch.setattr(_jit, "ENABLED", True)
+
+
+def test_nearest_gt_kernel_equals_the_numpy_search(monkeypatch):
+    """wF's ring (background within 3 px of the GT) and its nearest GT pixels, with and without numba."""
+    from birefnet.metrics import functional as F
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(2, 50, 2))
+        fg = rng.random((h, w)) < rng.uniform(0.01, 0.6)
+        if not fg.any():
+            fg[h // 2, w // 2] = True
+        fg8 = fg.view(np.uint8)
+        dist = F.gt_distance_sq(fg)
+        got = F._wf_neighbourhood(fg8, dist)
+        monkeypatch.setattr(_jit, "ENABLED", False)
+        ref = F._wf_neighbourhood(fg8, dist)
+        monkeypatch.setattr(_jit, "ENABLED", True)
+        np.testing.assert_array_equal(got.ring, ref.ring)
+        np.testing.assert_array_equal(got.nearest, ref.nearest)

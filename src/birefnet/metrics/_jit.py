@@ -37,7 +37,14 @@ def warm() -> None:
     """Compile (or load from the disk cache) every metric kernel now, on tiny inputs."""
     import numpy as np
 
-    from .functional import _FAR, _edt_sq_kernel
+    from .functional import (
+        _FAR,
+        _edt_sq_kernel,
+        _importance_kernel,
+        _importance_table,
+        _nearest_kernel,
+        _offsets_table,
+    )
     from .skeleton import _TABLE, _thin_kernel
 
     thin, edt = compiled(_thin_kernel), compiled(_edt_sq_kernel)
@@ -46,3 +53,11 @@ def warm() -> None:
         thin(fg, np.zeros(25, np.uint8), 5, _TABLE)
     if edt is not None:
         edt(np.ones((2, 2), np.uint8), _FAR)
+    importance = compiled(_importance_kernel)
+    if importance is not None:
+        importance(np.zeros((1, 1), np.int32), _importance_table())
+    nearest = compiled(_nearest_kernel)
+    if nearest is not None:
+        starts, offsets = _offsets_table()
+        one = np.zeros(1, np.int64)
+        nearest(np.ones(49, np.uint8), one + 24, one + 1, starts, offsets[:, 0] * 7 + offsets[:, 1])

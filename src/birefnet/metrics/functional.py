@@ -753,16 +753,13 @@ def _wf_neighbourhood(fg8: np.ndarray, dist_sq: np.ndarray) -> _WfNeighbourhood:
     pwidth = width + 2 * pad
     at_p = (r + pad) * pwidth + (c + pad)  # ring pixels in the padded frame
     fg_flat = fgp.ravel()
-    src_p = np.empty_like(at_p)
-    for sq, offs in _OFFSETS_BY_DISTANCE.items():
-        sel = np.flatnonzero(d2 == sq)
-        if sel.size == 0:
-            continue
+    kernel = compiled(_nearest_kernel)
+    if kernel is not None:
+        starts, offs = _offsets_table()
         flat_offs = offs[:, 0] * pwidth + offs[:, 1]
-        at = at_p[sel]
-        # the first GT hit in preference order (argmax returns the first maximum)
-        hits = fg_flat[at[:, None] + flat_offs[None, :]]
-        src_p[sel] = at + flat_offs[hits.argmax(axis=1)]
+        src_p = kernel(fg_flat, at_p, d2.astype(np.int64), starts, flat_offs)
+    else:
+        src_p = _nearest_numpy(fg_flat, at_p, d2, pwidth)
     sr, sc = np.divmod(src_p, pwidth)
     sr -= pad
     sc -= pad
@@ -779,11 +776,71 @@ def _wf_neighbourhood(fg8: np.ndarray, dist_sq: np.ndarray) -> _WfNeighbourhood:
     )
 
 
+def _nearest_numpy(fg_flat: np.ndarray, at_p: np.ndarray, d2: np.ndarray, pwidth: int) -> np.ndarray:
+    """:func:`_nearest_kernel` in numpy (used without numba): one vectorised search per distance."""
+    src_p = np.empty_like(at_p)
+    for sq, offs in _OFFSETS_BY_DISTANCE.items():
+        sel = np.flatnonzero(d2 == sq)
+        if sel.size == 0:
+            continue
+        flat_offs = offs[:, 0] * pwidth + offs[:, 1]
+        at = at_p[sel]
+        # the first GT hit in preference order (argmax returns the first maximum)
+        hits = fg_flat[at[:, None] + flat_offs[None, :]]
+        src_p[sel] = at + flat_offs[hits.argmax(axis=1)]
+    return src_p
+
+
+def _nearest_kernel(
+    fg_flat: np.ndarray, at: np.ndarray, d2: np.ndarray, starts: np.ndarray, flat_offs: np.ndarray
+) -> np.ndarray:
+    """Nearest GT pixel of each ring pixel: the first GT hit among the offsets of its exact squared
+    distance, in scipy's tie order (``flat_offs[starts[d2]:starts[d2 + 1]]``; see
+    :func:`_offsets_table`). Flat indices into the padded frame. Compiled by numba."""
+    out = np.empty_like(at)
+    for k in range(at.size):
+        a = at[k]
+        lo, hi = starts[d2[k]], starts[d2[k] + 1]
+        out[k] = a + flat_offs[min(lo, flat_offs.size - 1)]  # as argmax without a hit (never: d2 is exact)
+        for m in range(lo, hi):
+            if fg_flat[a + flat_offs[m]]:
+                out[k] = a + flat_offs[m]
+                break
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _offsets_table() -> tuple[np.ndarray, np.ndarray]:
+    """:data:`_OFFSETS_BY_DISTANCE` flattened: ``starts`` (20,) int64 where the offsets of squared
+    length d begin (empty groups for lengths that are no sum of two squares), ``offsets`` (n, 2)."""
+    starts = np.zeros(20, dtype=np.int64)
+    rows = []
+    for sq in range(1, 19):
+        starts[sq] = len(rows)
+        rows += [tuple(o) for o in _OFFSETS_BY_DISTANCE.get(sq, [])]
+    starts[19] = len(rows)
+    return starts, np.array(rows, dtype=np.int64)
+
+
 def gt_importance(dist_sq: np.ndarray, fg: np.ndarray) -> np.ndarray:
     """(H, W) float64 wF background importance ``2 - 0.5^(d / 5)`` from squared distances; 0 on the GT."""
+    kernel = compiled(_importance_kernel)
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(dist_sq), _importance_table())
     weights = _importance_table()[dist_sq]
     weights[fg] = 0
     return weights
+
+
+def _importance_kernel(dist_sq: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[dist_sq]`` (the GT, at distance 0, gets 0): one pass instead of numpy's index
+    conversion, gather and masked store. Compiled by numba."""
+    out = np.empty(dist_sq.shape, dtype=np.float64)
+    flat_in, flat_out = dist_sq.ravel(), out.ravel()
+    for i in range(flat_in.size):
+        d = flat_in[i]
+        flat_out[i] = table[d] if d else 0.0
+    return out
 
 
 def _weight_window(pair: PreparedPair) -> tuple[slice, slice]:
