@@ -55,7 +55,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated subset of S,MAE,E,F,WF,MBA,BIoU,MSE,HCE (default: all; HCE is the slowest)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: all CPUs from 32 image pairs on, else 1)",
+    )
     parser.add_argument(
         "--mba-empty",
         choices=("prediction-band", "nan"),

@@ -1,4 +1,4 @@
-"""Optional numba compilation for the metric kernels (the GT skeleton, the exact distance transform).
+"""Optional numba compilation for the metric kernels (GT skeleton, distance transform, wF look-ups).
 
 numba is a dependency, but each kernel has an exact fallback (scikit-image, OpenCV) so that a
 platform without numba wheels still evaluates, only slower. Kernels are compiled on first use and

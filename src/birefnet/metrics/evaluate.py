@@ -237,7 +237,7 @@ def default_workers() -> int:
 
 # Below this many (prediction, GT) pairs the default is one process: starting the pool (its server
 # loads numba and the kernels, ~1.5 s) costs more than the second core saves at ~150 ms per 1024²
-# pair (measured: 8 pairs 241 ms/pair in-process vs 341 with 2 workers; 24 pairs 151 vs 132).
+# pair (measured: 8 pairs 241 ms/pair in-process vs 341 with 2 workers; 48 pairs 159 vs 83).
 _MIN_PAIRS_FOR_WORKERS = 32
 
 
