@@ -40,6 +40,19 @@ def test_two_convs_in_bands_equal_unbanded(height):
         assert rel_error(banded, whole) < 1e-13, rows
 
 
+@pytest.mark.parametrize("size", [(4, 4), (5, 9), (64, 33), (17, 4), (3, 40)])
+def test_two_convs_as_one_5x5_equal_the_pair(size):
+    """The composed 5x5 kernel inside, the two-convolution border ring: equal to the pair (float64)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    w1, b1 = torch.randn(5, 3, 3, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    w2, b2 = torch.randn(1, 5, 3, 3, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    whole = F.conv2d(F.conv2d(x, w1, b1, padding=1), w2, b2, padding=1)
+    assert rel_error(decoder_module._two_convs(x, w1, b1, w2, b2), whole) < 1e-13
+    no_bias = F.conv2d(F.conv2d(x, w1, padding=1), w2, padding=1)
+    assert rel_error(decoder_module._two_convs(x, w1, None, w2, None), no_bias) < 1e-13
+
+
 @pytest.mark.parametrize("cls", [ASPPDeformable, ASPP])
 def test_aspp_sum_of_products_equals_concatenation(cls):
     torch.manual_seed(0)

