@@ -53,6 +53,31 @@ def test_two_convs_as_one_5x5_equal_the_pair(size):
     assert rel_error(decoder_module._two_convs(x, w1, None, w2, None), no_bias) < 1e-13
 
 
+def test_conv_over_parts_equals_conv_of_concatenation():
+    from birefnet.models.blocks import BasicDecBlk, ResBlk, conv_over_parts
+
+    torch.manual_seed(0)
+    a = torch.randn(2, 5, 9, 11, dtype=torch.float64)
+    b = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    for conv in (
+        torch.nn.Conv2d(8, 4, 3, padding=1),
+        torch.nn.Conv2d(8, 4, 3, stride=2, padding=2, dilation=2, bias=False),
+        torch.nn.Conv2d(8, 6, 1),
+    ):
+        conv = conv.double()
+        with torch.no_grad():
+            assert rel_error(conv_over_parts(conv, (a, b)), conv(torch.cat((a, b), 1))) < 1e-14
+    grouped = torch.nn.Conv2d(8, 4, 3, padding=1, groups=2).double()  # falls back to the concatenation
+    with torch.no_grad():
+        assert torch.equal(conv_over_parts(grouped, (a, b)), grouped(torch.cat((a, b), 1)))
+    for cls in (BasicDecBlk, ResBlk):
+        block = cls(8, 6, inter_channels=4, attention="ASPPDeformable", norm="bn", dropout=0.0).double()
+        _randomise(block)
+        block.eval()
+        with torch.no_grad():
+            assert rel_error(block((a, b)), block(torch.cat((a, b), 1))) < 1e-13, cls
+
+
 @pytest.mark.parametrize("cls", [ASPPDeformable, ASPP])
 def test_aspp_sum_of_products_equals_concatenation(cls):
     torch.manual_seed(0)

@@ -47,6 +47,36 @@ def norm_inplace(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
+def conv_over_parts(conv: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``conv(torch.cat(x, dim=1))`` without building the concatenation, when ``x`` is a tuple.
+
+    A convolution is linear in its input channels, so it is the sum of the convolutions of each part
+    with its slice of the weight. At inference the decoder hands its blocks (feature map, encoded
+    image patches) this way: for swin_v1_l at 1024² the concatenation at stride 4 is a fresh 110 MB
+    map whose page-faulted copy took ~0.2 s, against ~5 ms for adding the small part's convolution.
+    Equal to the concatenated form up to float rounding (the channel sum is split). Modules other
+    than a plain zero-padded ``nn.Conv2d`` with one group get the concatenation.
+
+    Args:
+        conv: the convolution (its ``in_channels`` = the parts' channels together).
+        x: (B, C, H, W) tensor, or a tuple of (B, C_i, H, W) parts.
+    """
+    if not isinstance(x, tuple):
+        return conv(x)
+    if type(conv) is not nn.Conv2d or conv.groups != 1 or conv.padding_mode != "zeros":
+        return conv(torch.cat(x, dim=1))
+    out = None
+    start = 0
+    for part in x:
+        weight = conv.weight[:, start : start + part.shape[1]]
+        start += part.shape[1]
+        y = F.conv2d(
+            part, weight, conv.bias if out is None else None, conv.stride, conv.padding, conv.dilation
+        )
+        out = y if out is None else out.add_(y)
+    return out
+
+
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize with ``align_corners=True`` (the only resize inside the network).
 
@@ -219,8 +249,10 @@ class BasicDecBlk(nn.Module):
         self.bn_in = make_norm(inter_channels, norm)
         self.bn_out = make_norm(out_channels, norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu_in(norm_inplace(self.bn_in, self.conv_in(x)))
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x: (B, in_channels, H, W), or a tuple of parts to be concatenated on channels
+        (:func:`conv_over_parts`)."""
+        x = self.relu_in(norm_inplace(self.bn_in, conv_over_parts(self.conv_in, x)))
         if hasattr(self, "dec_att"):
             x = self.dec_att(x)
         return norm_inplace(self.bn_out, self.conv_out(x))
@@ -256,9 +288,10 @@ class ResBlk(nn.Module):
         self.bn_out = make_norm(out_channels, norm)
         self.conv_resi = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.conv_resi(x)
-        x = self.relu_in(norm_inplace(self.bn_in, self.conv_in(x)))
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x: (B, in_channels, H, W), or a tuple of parts (:func:`conv_over_parts`)."""
+        residual = conv_over_parts(self.conv_resi, x)
+        x = self.relu_in(norm_inplace(self.bn_in, conv_over_parts(self.conv_in, x)))
         if hasattr(self, "dec_att"):
             x = self.dec_att(x)
         return norm_inplace(self.bn_out, self.conv_out(x)) + residual

@@ -136,8 +136,17 @@ class Decoder(nn.Module):
                         nn.Sequential(nn.Conv2d(GRADIENT_CHANNELS, 1, 1, 1, 0)),
                     )
 
-    def _inward(self, x: torch.Tensor, feat: torch.Tensor, stage: int) -> torch.Tensor:
-        """Concatenate the encoded image patches of ``stage`` to ``feat`` (B, C, h, w)."""
+    def _inward(
+        self, x: torch.Tensor, feat: torch.Tensor, stage: int, parts: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Concatenate the encoded image patches of ``stage`` to ``feat`` (B, C, h, w).
+
+        With ``parts`` at inference (no autograd, not exporting) the pair ``(feat, encoded)`` is
+        returned instead, for a decoder block to convolve without concatenating
+        (:func:`birefnet.models.blocks.conv_over_parts`).
+        """
+        from birefnet.models.backbones.swin import is_tracing
+
         if not self.config.inward_reference:
             return feat
         size = feat.shape[-2:]
@@ -146,6 +155,8 @@ class Decoder(nn.Module):
         else:
             patches = resize(x, size)
         encoded = getattr(self, f"ipt_blk{stage}")(resize(patches, size))
+        if parts and not torch.is_grad_enabled() and not is_tracing():
+            return feat, encoded
         return torch.cat((feat, encoded), dim=1)
 
     def _outward(
@@ -198,26 +209,26 @@ class Decoder(nn.Module):
         # Each stage's input is rebound before the block runs, so the pre-concatenation map is freed
         # early; at inference the lateral sum is in place (the stride-4 maps are 100 MB each for
         # swin_v1_l at 1024x1024).
-        p4 = self._inward(x, x4, 5)
+        p4 = self._inward(x, x4, 5, parts=True)
         p4 = self.decoder_block4(p4)
         p4 = self._outward(p4, 4, image_laplacian, side, grad_logits, grad_targets)
 
         p3 = self._lateral_sum(p4, self.lateral_block4(x3))
         del p4
-        p3 = self._inward(x, p3, 4)
+        p3 = self._inward(x, p3, 4, parts=True)
         p3 = self.decoder_block3(p3)
         p3 = self._outward(p3, 3, image_laplacian, side, grad_logits, grad_targets)
 
         p2 = self._lateral_sum(p3, self.lateral_block3(x2))
         del p3
-        p2 = self._inward(x, p2, 3)
+        p2 = self._inward(x, p2, 3, parts=True)
         p2 = self.decoder_block2(p2)
         p2 = self._outward(p2, 2, image_laplacian, side, grad_logits, grad_targets)
 
         trim_heap_at_stage_end(x, self.training)
         p1 = self._lateral_sum(p2, self.lateral_block2(x1))
         del p2
-        p1 = self._inward(x, p1, 2)
+        p1 = self._inward(x, p1, 2, parts=True)
         p1 = self.decoder_block1(p1)
         if self.training:
             p1 = resize(p1, x.shape[-2:])
