@@ -229,7 +229,10 @@ def _reference_windows(x: torch.Tensor, ws: int, shift: int) -> tuple[torch.Tens
     return windows, mask.nan_to_num(0.0, neginf=float("-inf"))
 
 
-@pytest.mark.parametrize(("h", "w", "ws", "shift"), [(8, 8, 4, 2), (7, 10, 3, 1), (5, 3, 7, 3), (9, 9, 3, 0)])
+@pytest.mark.parametrize(
+    ("h", "w", "ws", "shift"),
+    [(8, 8, 4, 2), (7, 10, 3, 1), (5, 3, 7, 3), (9, 9, 3, 0), (16, 16, 6, 3), (16, 16, 6, 0)],
+)
 def test_window_layout_matches_roll_and_partition(h: int, w: int, ws: int, shift: int) -> None:
     x = torch.randn(2, h, w, 5)
     layout = window_layout(h, w, ws, shift, device=x.device, dtype=x.dtype)
@@ -238,14 +241,28 @@ def test_window_layout_matches_roll_and_partition(h: int, w: int, ws: int, shift
     if layout.pad_slots is not None:
         ours.index_fill_(1, layout.pad_slots, 0.0)
     ours = ours.view(2, layout.num_windows, ws * ws, 5)
-    # our window order: unmasked windows first; map it back through the window row/col
+    # our window order: unmasked windows first (then by padding pattern), given by window_order
     nh, nw = layout.padded[0] // ws, layout.padded[1] // ws
-    grid = torch.arange(nh * nw)
-    masked_last = (
-        ((grid // nw == nh - 1) | (grid % nw == nw - 1)).to(torch.uint8) if shift else torch.zeros_like(grid)
-    )
-    order = torch.argsort(masked_last, stable=True)
+    order = layout.window_order
+    assert sorted(order.tolist()) == list(range(nh * nw))
+    if shift:
+        masked = (order // nw == nh - 1) | (order % nw == nw - 1)
+        assert not masked[: layout.num_unmasked].any() and masked[layout.num_unmasked :].all()
     torch.testing.assert_close(ours, ref_windows[:, order], rtol=0, atol=0)
+    # query groups: consecutive ranges, none straddling num_unmasked, rows = the real slots
+    real = torch.ones(layout.num_windows * ws * ws, dtype=torch.bool)
+    if layout.pad_slots is not None:
+        real[layout.pad_slots] = False
+    real = real.view(layout.num_windows, ws * ws)
+    assert layout.query_groups[0][0] == 0 and layout.query_groups[-1][1] == layout.num_windows
+    for (lo, hi, rows), nxt in zip(layout.query_groups, [*layout.query_groups[1:], None]):
+        assert nxt is None or nxt[0] == hi
+        assert not lo < layout.num_unmasked < hi
+        expected = torch.ones(ws * ws, dtype=torch.bool)
+        if rows is not None:
+            expected = torch.zeros(ws * ws, dtype=torch.bool)
+            expected[rows] = True
+        assert torch.equal(real[lo:hi], expected.expand(hi - lo, -1))
     if shift:
         assert layout.num_unmasked == (nh - 1) * (nw - 1)
         assert torch.all(ref_mask[order[: layout.num_unmasked]] == 0)
@@ -368,3 +385,23 @@ def test_swin_stage_workspace_path_is_bitwise_the_plain_path(side, dim, heads, w
             plain = block(plain, layouts[block.shift], None)
     assert torch.equal(ours, plain)
     assert torch.equal(x, x_before)  # the stage input is not summed into in place
+
+
+@pytest.mark.parametrize(("h", "w", "shift"), [(16, 16, 3), (16, 16, 0), (7, 10, 2), (12, 12, 3)])
+def test_attention_on_real_query_rows_equals_all_rows(h: int, w: int, shift: int) -> None:
+    """With query_groups, the rows of real tokens are the same as computing every row (float64)."""
+    from birefnet.models.backbones.swin import WindowAttention
+
+    torch.manual_seed(0)
+    ws = 6
+    attn = WindowAttention(8, ws, num_heads=2).double()
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_()
+    layout = window_layout(h, w, ws, shift, device=torch.device("cpu"), dtype=torch.float64)
+    qkv = torch.randn(2, layout.num_windows, ws * ws, 24, dtype=torch.float64)
+    with torch.no_grad():
+        full = attn(qkv, layout.num_unmasked, layout.boundary_mask)
+        grouped = attn(qkv, layout.num_unmasked, layout.boundary_mask, layout.query_groups)
+    real = layout.scatter_index  # the slots that are read back
+    a, b = full.reshape(2, -1, 8)[:, real], grouped.reshape(2, -1, 8)[:, real]
+    torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)

@@ -34,6 +34,7 @@ inference always takes the faster first one.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -91,7 +92,8 @@ class WindowLayout:
     and their inverse, including the crop back to ``h x w``, into another (``scatter_index``).
     Windows are ordered so that those that need no shift mask (all but the last window row and
     column) come first; only the others get a mask, so no ``(windows, heads, N, N)`` mask is
-    ever materialised.
+    ever materialised. Within each of the two groups, windows whose slots are all real tokens come
+    first, then those with padding, grouped by which slots are padding (``query_groups``).
 
     Attributes:
         padded: ``(Hp, Wp)``, the size rounded up to window multiples.
@@ -103,6 +105,12 @@ class WindowLayout:
         scatter_index: ``(h * w,)`` window-token slot of each position of the unpadded map.
         boundary_mask: ``(nW - num_unmasked, N, N)`` additive mask (0 / -inf) of the remaining
             windows, or None when ``shift == 0``.
+        window_order: ``(nW,)`` row-major index (in the padded, shifted grid) of each window.
+        query_groups: consecutive window ranges ``(start, stop, rows)`` covering ``[0, nW)``, none
+            straddling ``num_unmasked``: the windows of a range share which of their ``N`` slots
+            hold real tokens, ``rows`` (a ``(n,)`` index), or None when all do. The outputs of
+            padding slots are cropped away, so at inference attention is computed for the real
+            query rows only (padding tokens still take part as keys and values).
     """
 
     padded: tuple[int, int]
@@ -112,6 +120,8 @@ class WindowLayout:
     pad_slots: torch.Tensor | None
     scatter_index: torch.Tensor
     boundary_mask: torch.Tensor | None
+    window_order: torch.Tensor
+    query_groups: tuple[tuple[int, int, torch.Tensor | None], ...]
 
 
 def window_layout(
@@ -166,6 +176,10 @@ def _window_layout_on(
             pad_slots=None if cpu.pad_slots is None else cpu.pad_slots.to(device),
             scatter_index=cpu.scatter_index.to(device),
             boundary_mask=None if cpu.boundary_mask is None else cpu.boundary_mask.to(device),
+            window_order=cpu.window_order.to(device),
+            query_groups=tuple(
+                (lo, hi, None if rows is None else rows.to(device)) for lo, hi, rows in cpu.query_groups
+            ),
         )
         return _with_float_mask(on_device, dtype)
 
@@ -180,15 +194,28 @@ def _window_layout_cpu(height: int, width: int, ws: int, shift: int) -> WindowLa
     with torch.inference_mode(False), torch.no_grad():
         grid = torch.arange(nh * nw)
         win_row, win_col = grid // nw, grid % nw
-        if shift:
-            # Stable sort puts the unmasked windows first, each group in row-major order.
-            needs_mask = (win_row == nh - 1) | (win_col == nw - 1)
-            order = torch.argsort(needs_mask.to(torch.uint8), stable=True)
-            win_row, win_col = win_row[order], win_col[order]
-            num_unmasked = (nh - 1) * (nw - 1)
-        else:
-            num_unmasked = nh * nw
         offset = torch.arange(ws)
+        # which rows / columns of each window row / column hold real tokens after the shift
+        row_real = ((win_row[::nw, None] * ws + offset + shift) % hp) < height  # (nh, ws)
+        col_real = ((win_col[:nw, None] * ws + offset + shift) % wp) < width  # (nw, ws)
+        _, row_kind = torch.unique(row_real, dim=0, return_inverse=True)
+        _, col_kind = torch.unique(col_real, dim=0, return_inverse=True)
+        full_row, full_col = row_real.all(1), col_real.all(1)
+        # padding pattern of each window: 0 when all its slots are real tokens
+        full = full_row[win_row] & full_col[win_col]
+        pattern = torch.where(full, 0, 1 + row_kind[win_row] * (nw + 1) + col_kind[win_col])
+        needs_mask = ((win_row == nh - 1) | (win_col == nw - 1)) if shift else torch.zeros_like(full)
+        num_unmasked = int((~needs_mask).sum())
+        # unmasked windows first, then by padding pattern (all-real first), row-major within each
+        key = needs_mask.long() * (nh * nw * (nw + 2) + 1) + pattern
+        order = torch.argsort(key, stable=True)
+        win_row, win_col, key = win_row[order], win_col[order], key[order]
+        groups = []
+        starts = [0, *(torch.nonzero(key[1:] != key[:-1]).flatten() + 1).tolist(), nh * nw]
+        for lo, hi in itertools.pairwise(starts):
+            r, c = int(win_row[lo]), int(win_col[lo])
+            real = (row_real[r][:, None] & col_real[c][None, :]).flatten()
+            groups.append((lo, hi, None if bool(real.all()) else torch.nonzero(real).flatten()))
         rows = win_row[:, None] * ws + offset  # (nW, ws) rows of the shifted, padded map
         cols = win_col[:, None] * ws + offset
         # roll(x, -shift)[p] = x[(p + shift) % size]; positions >= the unpadded size are padding
@@ -209,7 +236,17 @@ def _window_layout_cpu(height: int, width: int, ws: int, shift: int) -> WindowLa
             label = region(rows, hp)[:, :, None] * 3 + region(cols, wp)[:, None, :]  # (nW, ws, ws)
             label = label[num_unmasked:].reshape(-1, ws * ws)
             masked = label[:, None, :] != label[:, :, None]
-    return WindowLayout((hp, wp), nh * nw, num_unmasked, gather_index, pad_slots, scatter_index, masked)
+    return WindowLayout(
+        (hp, wp),
+        nh * nw,
+        num_unmasked,
+        gather_index,
+        pad_slots,
+        scatter_index,
+        masked,
+        order,
+        tuple(groups),
+    )
 
 
 def is_tracing() -> bool:
@@ -312,7 +349,11 @@ class WindowAttention(nn.Module):
         return bias.view(n, n, self.num_heads).permute(2, 0, 1).contiguous()
 
     def forward(
-        self, qkv: torch.Tensor, num_unmasked: int, boundary_mask: torch.Tensor | None = None
+        self,
+        qkv: torch.Tensor,
+        num_unmasked: int,
+        boundary_mask: torch.Tensor | None = None,
+        query_groups: Sequence[tuple[int, int, torch.Tensor | None]] | None = None,
     ) -> torch.Tensor:
         """Attend within each window; the qkv projection is the caller's (see SwinBlock), the
         output projection too.
@@ -322,6 +363,10 @@ class WindowAttention(nn.Module):
             num_unmasked: windows ``[0, num_unmasked)`` use the bias only.
             boundary_mask: ``(nW - num_unmasked, N, N)`` additive mask of the other windows, or
                 None when no window is masked.
+            query_groups: :attr:`WindowLayout.query_groups`. When given, only the query rows of
+                real tokens are computed (at swin_v1_l's 64² stage, padded to 72², 21 % fewer);
+                the output rows of padding slots are then left unset, so the caller must crop
+                them (SwinBlock does).
 
         Returns:
             ``(B, nW, N, C)`` attention output before :attr:`proj`.
@@ -332,6 +377,24 @@ class WindowAttention(nn.Module):
         qkv = qkv.view(b, nw, n, 3, heads, c // heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d), a view
         bias = self.relative_position_bias().to(q.dtype).unsqueeze(0)  # broadcast over windows
+        if query_groups is not None and any(rows is not None for _, _, rows in query_groups):
+            masked_bias = None
+            if boundary_mask is not None:
+                masked_bias = boundary_mask.to(q.dtype).unsqueeze(1) + bias  # (nW - m, heads, N, N)
+            out = q.new_empty(b, nw, n, heads, c // heads)
+            for i in range(b):
+                for lo, hi, rows in query_groups:
+                    mask = bias if lo < num_unmasked else masked_bias[lo - num_unmasked : hi - num_unmasked]
+                    qi = q[i, lo:hi]
+                    if rows is not None:
+                        qi = qi.index_select(2, rows)
+                        mask = mask.index_select(2, rows)
+                    o = F.scaled_dot_product_attention(qi, k[i, lo:hi], v[i, lo:hi], attn_mask=mask)
+                    if rows is None:
+                        out[i, lo:hi] = o.transpose(1, 2)
+                    else:
+                        out[i, lo:hi].index_copy_(1, rows, o.transpose(1, 2))
+            return out.view(b, nw, n, c)
         if boundary_mask is None:
             out = F.scaled_dot_product_attention(
                 q.reshape(b * nw, heads, n, -1),
@@ -540,8 +603,10 @@ class SwinBlock(nn.Module):
                 windows[:, layout.pad_slots] = bias.to(windows.dtype)
         del tokens, qkv
         n = self.window_size * self.window_size
+        # At CPU inference, padding slots get no query rows (their outputs are cropped below).
+        groups = layout.query_groups if x.device.type == "cpu" and not torch.is_grad_enabled() else None
         y = self.attn(
-            windows.view(b, layout.num_windows, n, 3 * c), layout.num_unmasked, layout.boundary_mask
+            windows.view(b, layout.num_windows, n, 3 * c), layout.num_unmasked, layout.boundary_mask, groups
         )
         del windows  # the workspace is free again
         # merge + reverse shift + crop in one gather
