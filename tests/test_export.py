@@ -296,12 +296,14 @@ def test_swin_takes_traceable_path_under_export():
 
 def test_swin_shift_mask_matches_eager_layout():
     # nh x nw windows of 7 over a 13 x 20 map (padded to 14 x 21), shift 3: the boundary windows'
-    # masks of the cached layout are the last ones of the traceable mask (unmasked windows come first there).
+    # masks of the cached layout are the traceable mask's rows of those windows (the layout orders
+    # its windows: unmasked first, then by padding pattern; window_order maps them back).
     layout = swin.window_layout(13, 20, 7, 3, device=torch.device("cpu"), dtype=torch.float32)
     mask = swin.shifted_window_mask(2, 3, 7, 3, device=torch.device("cpu"), dtype=torch.float32)
     assert mask.shape == (6, 49, 49)
     boundary = [i for i in range(6) if i // 3 == 1 or i % 3 == 2]  # last window row or column
-    assert torch.equal(mask[boundary], layout.boundary_mask)
+    assert sorted(layout.window_order[layout.num_unmasked :].tolist()) == boundary
+    assert torch.equal(mask[layout.window_order[layout.num_unmasked :]], layout.boundary_mask)
     assert not mask[[i for i in range(6) if i not in boundary]].any()
 
 
