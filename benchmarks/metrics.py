@@ -31,7 +31,6 @@ from birefnet.metrics import Evaluator, GroundTruthInfo, prepare
 from birefnet.metrics import _reference as R
 from birefnet.metrics import functional as F
 from birefnet.metrics import skeleton as S
-from birefnet.metrics.skeleton import skeletonize
 
 OFFICIAL_1024 = {
     "total": 0.43,
@@ -163,7 +162,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
-    skeletonize(np.ones((3, 3), bool))  # loads (or, the first time ever, compiles) the thinning kernel
+    S.skeletonize(np.ones((3, 3), bool))  # loads (or, the first time ever, compiles) the thinning kernel
     print(
         f"thinning kernel ready in {time.perf_counter() - t0:.2f} s (once per process; compiled with "
         f"numba on first use and cached on disk): {'numba' if S.compiled(S._thin_kernel) else 'scikit-image fallback'}"

@@ -377,43 +377,37 @@ class WindowAttention(nn.Module):
         qkv = qkv.view(b, nw, n, 3, heads, c // heads)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d), a view
         bias = self.relative_position_bias().to(q.dtype).unsqueeze(0)  # broadcast over windows
-        if query_groups is not None and any(rows is not None for _, _, rows in query_groups):
-            masked_bias = None
-            if boundary_mask is not None:
-                masked_bias = boundary_mask.to(q.dtype).unsqueeze(1) + bias  # (nW - m, heads, N, N)
-            out = q.new_empty(b, nw, n, heads, c // heads)
-            for i in range(b):
-                for lo, hi, rows in query_groups:
-                    mask = bias if lo < num_unmasked else masked_bias[lo - num_unmasked : hi - num_unmasked]
-                    qi = q[i, lo:hi]
-                    if rows is not None:
-                        qi = qi.index_select(2, rows)
-                        mask = mask.index_select(2, rows)
-                    o = F.scaled_dot_product_attention(qi, k[i, lo:hi], v[i, lo:hi], attn_mask=mask)
-                    if rows is None:
-                        out[i, lo:hi] = o.transpose(1, 2)
-                    else:
-                        out[i, lo:hi].index_copy_(1, rows, o.transpose(1, 2))
-            return out.view(b, nw, n, c)
-        if boundary_mask is None:
-            out = F.scaled_dot_product_attention(
-                q.reshape(b * nw, heads, n, -1),
-                k.reshape(b * nw, heads, n, -1),
-                v.reshape(b * nw, heads, n, -1),
-                attn_mask=bias,
-            )
-            return out.view(b, nw, heads, n, -1).transpose(2, 3).reshape(b, nw, n, c)
-        masked_bias = boundary_mask.to(q.dtype).unsqueeze(1) + bias  # (nW - m, heads, N, N)
         m = num_unmasked
+        if query_groups is None or all(rows is None for _, _, rows in query_groups):
+            if boundary_mask is None:  # one batched call over every window of every sample
+                out = F.scaled_dot_product_attention(
+                    q.reshape(b * nw, heads, n, -1),
+                    k.reshape(b * nw, heads, n, -1),
+                    v.reshape(b * nw, heads, n, -1),
+                    attn_mask=bias,
+                )
+                return out.view(b, nw, heads, n, -1).transpose(2, 3).reshape(b, nw, n, c)
+            query_groups = [(lo, hi, None) for lo, hi in ((0, m), (m, nw)) if lo < hi]
+        masked_bias = None
+        if boundary_mask is not None:
+            masked_bias = boundary_mask.to(q.dtype).unsqueeze(1) + bias  # (nW - m, heads, N, N)
         # The fused CPU kernel only takes 4-D inputs (5-D falls back to a slow path), and slicing
-        # windows breaks the B * nW view, so go per sample (B is small) on window-slice views.
-        parts = []
+        # windows breaks the B * nW view, so go per sample (B is small) on window-slice views; the
+        # pieces land in (B, nW, N, heads, d), i.e. (B, nW, N, C), in one copy each.
+        out = q.new_empty(b, nw, n, heads, c // heads)
         for i in range(b):
-            if m:
-                parts.append(F.scaled_dot_product_attention(q[i, :m], k[i, :m], v[i, :m], attn_mask=bias))
-            parts.append(F.scaled_dot_product_attention(q[i, m:], k[i, m:], v[i, m:], attn_mask=masked_bias))
-        # One copy: (windows, heads, N, d) pieces -> (B * nW, N, heads, d), i.e. (B, nW, N, C).
-        return torch.cat([p.transpose(1, 2) for p in parts]).view(b, nw, n, c)
+            for lo, hi, rows in query_groups:
+                mask = bias if lo < m else masked_bias[lo - m : hi - m]
+                qi = q[i, lo:hi]
+                if rows is not None:
+                    qi = qi.index_select(2, rows)
+                    mask = mask.index_select(2, rows)
+                o = F.scaled_dot_product_attention(qi, k[i, lo:hi], v[i, lo:hi], attn_mask=mask)
+                if rows is None:
+                    out[i, lo:hi] = o.transpose(1, 2)
+                else:
+                    out[i, lo:hi].index_copy_(1, rows, o.transpose(1, 2))
+        return out.view(b, nw, n, c)
 
     def forward_traceable(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward` for export: all windows of all samples in one batched product, sizes symbolic.
