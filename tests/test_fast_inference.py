@@ -255,3 +255,56 @@ def test_channels_last_resize_equals_nchw():
         )
         assert rel_error(nhwc.contiguous(), nchw) < 1e-13
     assert resize(x, (18, 26)).is_contiguous()
+
+
+@pytest.mark.parametrize("size", [(4, 6), (18, 26), (9, 13)])
+def test_cpu_resize_channels_as_batch_equals_interpolate(size):
+    """On the CPU, blocks.resize resizes an NCHW map's channels as a batch of one-channel maps (ATen would
+    copy it to channels-last and back): the same values, and the same gradients in training."""
+    x = torch.randn(2, 16, 9, 13, dtype=torch.float64, requires_grad=True)
+    ours = resize(x, size)
+    ref = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    assert ours.shape == ref.shape and ours.is_contiguous()
+    assert rel_error(ours.detach(), ref.detach()) < 1e-13
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    (grad_ours,) = torch.autograd.grad(ours, x, g)
+    (grad_ref,) = torch.autograd.grad(ref, x, g)
+    assert rel_error(grad_ours, grad_ref) < 1e-13
+    # float32, where ATen's own kernel is the channels-last one: within rounding
+    y = torch.randn(1, 384, 64, 64)
+    assert (
+        resize(y, (8, 8)) - F.interpolate(y, size=(8, 8), mode="bilinear", align_corners=True)
+    ).abs().max() < 1e-5
+    # channels-last input keeps ATen's kernel (no view as a batch possible)
+    cl = y.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(
+        resize(cl, (8, 8)), F.interpolate(cl, size=(8, 8), mode="bilinear", align_corners=True)
+    )
+
+
+def test_lateral_sum_inference_equals_training_form():
+    """The in-place lateral sum with a channels-last coarse map (decoder blocks write channels-last)."""
+    g = torch.Generator().manual_seed(3)
+    coarse = torch.randn(1, 8, 5, 7, generator=g, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last
+    )
+    lateral = torch.randn(1, 8, 10, 14, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        ref = decoder_module.Decoder._lateral_sum(coarse, lateral.clone())  # grad mode: out of place
+    with torch.inference_mode():
+        ours = decoder_module.Decoder._lateral_sum(coarse, lateral.clone())
+    assert rel_error(ours, ref) < 1e-13
+
+
+def test_patch_embed_channels_last_equals_official_order():
+    """PatchEmbed feeds oneDNN a channels-last image on the CPU; same values as conv -> permute -> norm."""
+    from birefnet.models.backbones.swin import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(4, 3, 24).double()
+    x = torch.randn(2, 3, 30, 34, dtype=torch.float64)  # padded to 32 x 36
+    with torch.inference_mode():
+        ours = embed(x)
+        ref = embed.norm(embed.proj(F.pad(x, (0, 2, 0, 2))).permute(0, 2, 3, 1))
+    assert ours.shape == (2, 8, 9, 24) and ours.is_contiguous()
+    assert rel_error(ours, ref) < 1e-12

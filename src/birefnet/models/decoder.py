@@ -240,10 +240,16 @@ class Decoder(nn.Module):
     @staticmethod
     def _lateral_sum(coarse: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
         """``resize(coarse, lateral size) + lateral``; in place into ``lateral`` when no graph is recorded."""
-        up = resize(coarse, lateral.shape[-2:])
         if torch.is_grad_enabled():
-            return up + lateral
-        return lateral.add_(up)
+            return resize(coarse, lateral.shape[-2:]) + lateral
+        if coarse.device.type == "cpu" and lateral.is_contiguous() and not coarse.is_contiguous():
+            # The decoder blocks' outputs come out channels-last (the deformable convolution writes
+            # its product that way) and the lateral 1x1 convolutions' NCHW. Adding a channels-last map
+            # into an NCHW one reads it with strides: 154 ms for swin_v1_l's 384-channel 256² sum at
+            # 1024². Made NCHW at the coarse size first (a quarter of the pixels), it is resized by the
+            # plain NCHW kernel and added in order: 230 -> 130 ms for that stage (values within 1 ulp).
+            coarse = coarse.contiguous()
+        return lateral.add_(resize(coarse, lateral.shape[-2:]))
 
     def _final_logits_eval(self, x: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
         """``conv_out1(cat(resize(p1), ipt_blk1(x)))`` computed without full-resolution feature maps.
