@@ -785,10 +785,11 @@ class PatchEmbed(nn.Module):
         """``(B, 3, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), C)`` (channels last)."""
         p = self.patch_size
         pad_b, pad_r = (-x.shape[2]) % p, (-x.shape[3]) % p
+        tracing = is_tracing()
         # Traced: pad unconditionally, so no Python branch reads a symbolic size (padding by 0 is free).
-        if is_tracing() or pad_b or pad_r:
+        if tracing or pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
-        if x.device.type == "cpu" and not is_tracing():
+        if x.device.type == "cpu" and not tracing:
             # A channels-last input makes oneDNN write the embedding channels-last, so the (B, H, W, C)
             # permute below is a contiguous view and LayerNorm reads it without first copying the
             # whole map (swin_v1_l at 1024²: 163 -> 54 ms; same values up to float rounding).
