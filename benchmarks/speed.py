@@ -6,6 +6,14 @@ deformable-convolution sampling (as the official figures do), the machine's fp32
 measured in the same run on the same threads, their ratio, the deformable convolutions' share of the
 forward time, and peak RSS. Optionally (--onnx) ONNX Runtime running our own exported graph.
 
+Two ratios to the GEMM peak are printed. "of peak" divides the median forward's GFLOP/s by the best
+GEMM probe of the whole run (a probe before and one after the timed forwards): the conservative one.
+"paired" probes the GEMM again between the timed forwards, divides each forward's GFLOP/s by the
+better of the two probes next to it in time, and takes the median: on a shared host whose speed
+switches between states within minutes (the 2-core VM this project is measured on: the probe reads
+~67 or ~79 GFLOP/s, minutes apart), it compares each forward with the peak of the state it ran in.
+With --verbose the single forward times and probe readings are printed too.
+
     python benchmarks/speed.py --variant swin_v1_t swin_v1_l --size 512 1024
     python benchmarks/speed.py --variant swin_v1_t --size 1024 --profile     # per-module and per-op tables
 
@@ -31,13 +39,35 @@ def gemm_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
     torch.set_num_threads(threads)
     a = torch.randn(n, n)
     b = torch.randn(n, n)
-    torch.mm(a, b)
+    # A preallocated output: a fresh 64 MB result per repeat costs page faults that lower the probe
+    # by a few per cent, which would flatter the ratio.
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        torch.mm(a, b, out=out)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / min(times) / 1e9
+
+
+def sustained_gemm_gflops(threads: int, seconds: float, n: int = 4096) -> float:
+    """Mean 4096² GEMM rate over ``seconds`` of back-to-back products (GFLOP/s).
+
+    The probe above is a burst of a few products; a forward keeps both cores busy for many seconds,
+    and on a shared host the sustained rate can sit well under the burst rate. Printed for context
+    with --verbose; the fractions above use the probes.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b, out=out)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
 
 
 def count_flops(model, x) -> float:
@@ -176,20 +206,26 @@ def child(args: argparse.Namespace) -> None:
         model = model.to(memory_format=torch.channels_last)
     size = args.size[0]
     x = torch.randn(1, 3, size, size)
-    gemm = gemm_gflops(args.threads)
     times = []
+    # probes[i] is measured just before timed forward i, probes[-1] after the last one (3 repeats
+    # each: ~6 s at 70 GFLOP/s)
+    probes = []
     with torch.inference_mode():
         for i in range(args.warmup + args.runs):
+            if i >= args.warmup:
+                probes.append(gemm_gflops(args.threads, repeats=3))
             t0 = time.perf_counter()
             model(x)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
+    probes.append(gemm_gflops(args.threads, repeats=3))
     # Peak RSS of plain forwards, read before the FLOP counter and the profiler (which hold more) run.
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    # The machine's speed drifts (shared host): the peak is the best of a measurement before and
-    # one after the timed forwards.
-    gemm = max(gemm, gemm_gflops(args.threads))
+    # The machine's speed drifts (shared host): the conservative peak is the best probe of the run.
+    gemm = max(probes)
+    sustained = sustained_gemm_gflops(args.threads, statistics.median(times)) if args.verbose else None
     flops = count_flops(model, x)
+    paired = statistics.median(flops / 1e9 / t / max(probes[i], probes[i + 1]) for i, t in enumerate(times))
     prof = profile_modules(model, x) if args.profile else None
     deform_share = None
     if prof is None:
@@ -209,6 +245,9 @@ def child(args: argparse.Namespace) -> None:
         "gflops_per_s": flops / 1e9 / med,
         "gemm_gflops_per_s": gemm,
         "fraction_of_gemm_peak": flops / 1e9 / med / gemm,
+        "paired_fraction": paired,
+        "gemm_probes": probes,
+        "sustained_gemm_gflops_per_s": sustained,
         "deform_share": deform_share,
         "peak_rss_gb": rss_gb,
         "profile": prof,
@@ -220,9 +259,16 @@ def child(args: argparse.Namespace) -> None:
 
 
 def onnx_speed(model, x, args) -> dict:
+    """ONNX Runtime on our exported graph, timed in alternation with our own forward.
+
+    The host's speed drifts within minutes, so timing all of ORT's runs after all of ours would
+    compare different machine states. Here every ORT run is paired with one of our forwards right
+    before it; the ratio is the median over the pairs of (ORT time / our time).
+    """
     import tempfile
 
     import onnxruntime as ort
+    import torch
 
     from birefnet.export import export_onnx
 
@@ -233,13 +279,23 @@ def onnx_speed(model, x, args) -> dict:
         so.intra_op_num_threads = args.threads
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x.numpy()}
-        times = []
-        for i in range(args.warmup + args.runs):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-    return {"onnx_median_s": statistics.median(times)}
+        ours, theirs = [], []
+        with torch.inference_mode():
+            for i in range(args.warmup + args.runs):
+                t0 = time.perf_counter()
+                model(x)
+                t1 = time.perf_counter()
+                sess.run(None, feed)
+                t2 = time.perf_counter()
+                if i >= args.warmup:
+                    ours.append(t1 - t0)
+                    theirs.append(t2 - t1)
+    return {
+        "onnx_median_s": statistics.median(theirs),
+        "onnx_paired_ours_s": ours,
+        "onnx_runs_s": theirs,
+        "onnx_ratio": statistics.median(t / o for o, t in zip(ours, theirs)),
+    }
 
 
 def main() -> None:
@@ -252,6 +308,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a per-module time table")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--onnx", action="store_true", help="also time ONNX Runtime on our exported graph")
+    ap.add_argument("--verbose", action="store_true", help="print every forward time and GEMM probe")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -259,7 +316,8 @@ def main() -> None:
         return
     print(
         f"{'variant':10} {'size':>5} {'median s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'GEMM GF/s':>9} "
-        f"{'of peak':>7} {'deform':>6} {'RSS GB':>6}" + ("  onnx s  ours/onnx" if args.onnx else "")
+        f"{'of peak':>7} {'paired':>6} {'deform':>6} {'RSS GB':>6}"
+        + ("  onnx s  ours/onnx" if args.onnx else "")
     )
     for variant in args.variant:
         for size in args.size:
@@ -284,6 +342,7 @@ def main() -> None:
                     ("--profile", args.profile),
                     ("--channels-last", args.channels_last),
                     ("--onnx", args.onnx),
+                    ("--verbose", args.verbose),
                 )
                 if on
             ]
@@ -295,12 +354,28 @@ def main() -> None:
             r = json.loads(line[7:])
             row = (
                 f"{variant:10} {size:5d} {r['median_s']:9.2f} {r['gflop']:7.0f} {r['gflops_per_s']:8.1f} "
-                f"{r['gemm_gflops_per_s']:9.1f} {r['fraction_of_gemm_peak']:7.1%} {r['deform_share']:6.1%} "
-                f"{r['peak_rss_gb']:6.2f}"
+                f"{r['gemm_gflops_per_s']:9.1f} {r['fraction_of_gemm_peak']:7.1%} {r['paired_fraction']:6.1%} "
+                f"{r['deform_share']:6.1%} {r['peak_rss_gb']:6.2f}"
             )
             if args.onnx:
-                row += f"  {r['onnx_median_s']:6.2f}  {r['onnx_median_s'] / r['median_s']:.2f}x"
+                row += f"  {r['onnx_median_s']:6.2f}  {r['onnx_ratio']:.2f}x"
             print(row)
+            if args.verbose:
+                print("    forwards s:", " ".join(f"{t:.2f}" for t in r["runs_s"]))
+                print("    GEMM probes GFLOP/s (before each forward, after the last):", end=" ")
+                print(" ".join(f"{g:.1f}" for g in r["gemm_probes"]))
+                sustained = r["sustained_gemm_gflops_per_s"]
+                print(
+                    f"    GEMM sustained for one forward's length: {sustained:.1f} GFLOP/s; "
+                    f"median forward against it: {r['gflops_per_s'] / sustained:.1%}"
+                )
+                if args.onnx:
+                    print("    ours / ONNX Runtime, alternating:", end=" ")
+                    print(
+                        " ".join(
+                            f"{o:.2f}/{t:.2f}" for o, t in zip(r["onnx_paired_ours_s"], r["onnx_runs_s"])
+                        )
+                    )
             if r["profile"]:
                 total = r["profile"].pop("total")
                 for k, v in sorted(r["profile"].items(), key=lambda kv: -kv[1]):
