@@ -6,13 +6,16 @@ deformable-convolution sampling (as the official figures do), the machine's fp32
 measured in the same run on the same threads, their ratio, the deformable convolutions' share of the
 forward time, and peak RSS. Optionally (--onnx) ONNX Runtime running our own exported graph.
 
-Two ratios to the GEMM peak are printed. "of peak" divides the median forward's GFLOP/s by the best
-GEMM probe of the whole run (a probe before and one after the timed forwards): the conservative one.
-"paired" probes the GEMM again between the timed forwards, divides each forward's GFLOP/s by the
-better of the two probes next to it in time, and takes the median: on a shared host whose speed
-switches between states within minutes (the 2-core VM this project is measured on: the probe reads
-~67 or ~79 GFLOP/s, minutes apart), it compares each forward with the peak of the state it ran in.
-With --verbose the single forward times and probe readings are printed too.
+Two ratios to the GEMM peak are printed. The GEMM is probed (a 4096² product, best of 3) before every
+timed forward and once after the last. "of peak" divides the median forward's GFLOP/s by the best
+probe of the whole run: the conservative one, by which the goal is judged. "paired" divides each
+forward's GFLOP/s by the better of the two probes next to it in time and takes the median: on a
+shared host whose speed switches between states within minutes (this project's VMs: ~67 or ~79
+GFLOP/s on the AVX2 host, 150-193 on the AVX-512 one), it compares each forward with the peak of the
+state it ran in. With --verbose the single forward times and probe readings are printed too, and a
+GEMM loop as long as one forward ("sustained", context only). With --onnx, ONNX Runtime runs our
+exported graph alternating with our forward, and "ours/onnx" is the median over the pairs of
+(ORT time / our time): above 1 means ours is faster.
 
     python benchmarks/speed.py --variant swin_v1_t swin_v1_l --size 512 1024
     python benchmarks/speed.py --variant swin_v1_t --size 1024 --profile     # per-module and per-op tables
