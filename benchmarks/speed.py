@@ -36,7 +36,14 @@ import time
 from collections import defaultdict
 
 
-def gemm_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
+def gemm_gflops(threads: int, n: int = 4096, repeats: int = 5, seconds: float | None = None) -> float:
+    """The machine's fp32 GEMM rate on ``threads`` threads (GFLOP/s), from n x n products.
+
+    By default the best of ``repeats`` products (a burst: the probe). With ``seconds``, the mean rate of
+    back-to-back products over that long instead ("sustained"): a forward keeps both cores busy for
+    many seconds, and on a shared host that rate can sit well under the burst rate. Printed for
+    context with --verbose; the fractions use the probes.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -46,31 +53,18 @@ def gemm_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
     # by a few per cent, which would flatter the ratio.
     out = torch.empty(n, n)
     torch.mm(a, b, out=out)
+    if seconds is not None:
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.mm(a, b, out=out)
+            count += 1
+        return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / min(times) / 1e9
-
-
-def sustained_gemm_gflops(threads: int, seconds: float, n: int = 4096) -> float:
-    """Mean 4096² GEMM rate over ``seconds`` of back-to-back products (GFLOP/s).
-
-    The probe above is a burst of a few products; a forward keeps both cores busy for many seconds,
-    and on a shared host the sustained rate can sit well under the burst rate. Printed for context
-    with --verbose; the fractions above use the probes.
-    """
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=out)
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.mm(a, b, out=out)
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
 
 
 def count_flops(model, x) -> float:
@@ -226,7 +220,7 @@ def child(args: argparse.Namespace) -> None:
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     # The machine's speed drifts (shared host): the conservative peak is the best probe of the run.
     gemm = max(probes)
-    sustained = sustained_gemm_gflops(args.threads, statistics.median(times)) if args.verbose else None
+    sustained = gemm_gflops(args.threads, seconds=statistics.median(times)) if args.verbose else None
     flops = count_flops(model, x)
     paired = statistics.median(flops / 1e9 / t / max(probes[i], probes[i + 1]) for i, t in enumerate(times))
     prof = profile_modules(model, x) if args.profile else None
