@@ -407,3 +407,39 @@ def test_attention_on_real_query_rows_equals_all_rows(h: int, w: int, shift: int
     real = layout.scatter_index  # the slots that are read back
     a, b = full.reshape(2, -1, 8)[:, real], grouped.reshape(2, -1, 8)[:, real]
     torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize(("side", "dim", "heads", "window"), [(64, 96, 3, 12), (20, 32, 2, 7)])
+@pytest.mark.parametrize("qkv_max_bytes", [0, 2**40])
+def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, heads, window, qkv_max_bytes):
+    """On AVX-512 CPUs float32 inference runs the projections through oneDNN's fused kernels (bias,
+    GELU and residual sum fused; MLP in token chunks; qkv by oneDNN or into the workspace by size).
+    Forced on here whatever the CPU, with chunks smaller than the map, the numbers must be those of the
+    plain path up to float rounding, in both padding branches and both qkv routes."""
+    from birefnet.models.backbones import swin
+
+    monkeypatch.setattr(swin, "_FAST_ONEDNN_LINEAR", True)
+    monkeypatch.setattr(swin, "_MLP_CHUNK", 100)
+    monkeypatch.setattr(swin, "_ONEDNN_QKV_MAX_BYTES", qkv_max_bytes)
+    calls = []
+    real_linear = swin._onednn_linear
+    monkeypatch.setattr(swin, "_onednn_linear", lambda *a, **k: calls.append(1) or real_linear(*a, **k))
+    torch.manual_seed(0)
+    stage = swin.SwinStage(dim, 2, heads, window, 4.0, [0.0, 0.0], downsample=False).eval()
+    x = torch.randn(2, side, side, dim)
+    x_before = x.clone()
+    with torch.inference_mode():
+        ours, _ = stage(x)
+        layouts = {
+            s: window_layout(side, side, window, s, device=torch.device("cpu"), dtype=x.dtype)
+            for s in (0, window // 2)
+        }
+        plain = x
+        for block in stage.blocks:
+            plain = block(plain, layouts[block.shift], None)
+    # fc1 per chunk in each block, plus qkv when its output is small enough
+    chunks = -(-2 * side * side // 100)
+    assert len(calls) == 2 * (chunks + (qkv_max_bytes > 0))
+    assert rel_error(ours, plain) < 1e-6
+    assert torch.equal(x, x_before)
