@@ -434,3 +434,19 @@ def test_fused_kernel_is_only_chosen_for_cuda_half_inference():
     x = torch.randn(1, 4, 5, 5)
     assert not dc._deform_triton.usable(x, 1, needs_grad=False)  # a CPU tensor
     assert not dc._deform_triton.usable(x.half(), 1, needs_grad=False)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_onednn_product_equals_mkl_product(monkeypatch):
+    """On AVX-512 CPUs the float32 inference product goes through oneDNN (birefnet.models.onednn), chunk
+    by chunk copied into the output; forced on and off here whatever the CPU, the values agree."""
+    x, offset, weight, bias, mask = random_case(2, 4, 5, 11, 9, 3, 1, 1, 1, 1, scale=2.0)
+    x, offset, weight, bias, mask = (t.float() for t in (x, offset, weight, bias, mask))
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 4 * 9 * 5 * 8 * 4)  # several chunks
+    results = {}
+    for fast in (False, True):
+        monkeypatch.setattr(dc.onednn, "available", lambda fast=fast: fast)
+        with torch.inference_mode(), mock.patch.object(dc.onednn, "linear", wraps=dc.onednn.linear) as spy:
+            results[fast] = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+        assert spy.called == fast
+    assert rel_error(results[True], results[False]) < 1e-6

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from birefnet.models import onednn
 from birefnet.models.backbones.base import Backbone, DropPath, init_transformer_weights
 
 __all__ = [
@@ -540,23 +541,6 @@ def _linear_plus(module: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> 
     return out
 
 
-def _cpu_has_fast_onednn_linear() -> bool:
-    """Whether this CPU takes oneDNN's fused linear kernels (:func:`_onednn_linear`) at inference.
-
-    Measured on an AVX-512 AMD EPYC (Zen 4) host, torch 2.13: oneDNN's ``_linear_pointwise`` runs
-    swin_v1_l's projections at 175-200 GFLOP/s where MKL's ``addmm`` runs them at 125-145 (the 4096²
-    GEMM probe reads ~180 on both), and it fuses the bias, the GELU and the residual sum into the
-    product. On the earlier AVX2-only hosts MKL was not measured against it, so they keep MKL.
-    """
-    try:
-        torch.ops.mkldnn._linear_pointwise  # noqa: B018 - raises where this build lacks the op
-    except (AttributeError, RuntimeError):
-        return False
-    return torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
-
-
-_FAST_ONEDNN_LINEAR = _cpu_has_fast_onednn_linear()
-
 # Tokens per chunk of the fused MLP (:func:`_onednn_mlp_residual`): the 4C-wide hidden chunk (6-25 MB
 # in swin_v1_l) stays in the cache between fc1 and fc2 and comes from the heap, not a fresh mapping.
 _MLP_CHUNK = 2048
@@ -567,30 +551,19 @@ _ONEDNN_QKV_MAX_BYTES = 64 * 2**20
 
 
 def _onednn_linear_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
-    """Whether ``modules`` may run on ``x`` through oneDNN's fused kernels: float32 on a CPU where they
-    are faster (:func:`_cpu_has_fast_onednn_linear`), oneDNN enabled, plain float Linears."""
-    return (
-        _FAST_ONEDNN_LINEAR
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.enabled
-        and all(_plain_linear(m, x) for m in modules)
-    )
+    """Whether ``modules`` may run on ``x`` through oneDNN's fused kernels (:mod:`birefnet.models.onednn`:
+    float32 CPU inference on AVX-512) as plain float Linears."""
+    return onednn.use_onednn(x) and all(_plain_linear(m, x) for m in modules)
 
 
 def _onednn_linear(module: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """``module(x)`` (then exact GELU if ``gelu``) for a 2-D contiguous ``x``, in one oneDNN call.
-
-    The GELU is oneDNN's erf form, the same function as ``nn.GELU()`` (float rounding only).
-    """
-    if gelu:
-        return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, "gelu", [], "none")
-    return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, "none", [], "")
+    """``module(x)`` (then exact GELU if ``gelu``) for a 2-D contiguous ``x``, in one oneDNN call."""
+    return onednn.linear(x, module.weight, module.bias, gelu)
 
 
 def _onednn_linear_add(module: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``module(x) + residual`` for 2-D contiguous ``x`` and ``residual``, the sum fused into the product."""
-    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, module.weight, module.bias, "add")
+    return onednn.linear_add(x, residual, module.weight, module.bias)
 
 
 def _onednn_mlp_residual(mlp: Mlp, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -654,7 +627,7 @@ class SwinBlock(nn.Module):
         if workspace is not None and not (_plain_linear(self.attn.qkv, x) and _plain_linear(self.mlp.fc1, x)):
             workspace = None  # a replaced (e.g. quantised) layer cannot write into a given buffer
         b, h, w, c = x.shape
-        onednn = workspace is not None and _onednn_linear_ok(
+        fused = workspace is not None and _onednn_linear_ok(
             x, self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2
         )
         n_win = layout.num_windows * self.window_size * self.window_size
@@ -672,7 +645,7 @@ class SwinBlock(nn.Module):
         gather_first = n_pad * 8 < h * w
         # oneDNN projects qkv too, except where its fresh output would be large (_ONEDNN_QKV_MAX_BYTES)
         rows = b * (n_win if gather_first else h * w)
-        qkv_onednn = onednn and rows * 3 * c * x.element_size() <= _ONEDNN_QKV_MAX_BYTES
+        qkv_onednn = fused and rows * 3 * c * x.element_size() <= _ONEDNN_QKV_MAX_BYTES
         windows = qkv = None
         if gather_first:
             if workspace is not None and qkv_onednn:
@@ -718,7 +691,7 @@ class SwinBlock(nn.Module):
             x = x + self.drop_path(self.attn.proj(y).view(b, h, w, c))
             return x + self.drop_path(self.mlp(self.norm2(x)))
         # inference (no drop path)
-        if onednn:
+        if fused:
             x = _onednn_linear_add(self.attn.proj, y.view(-1, c), x.reshape(-1, c))
             del y
             return _onednn_mlp_residual(self.mlp, self.norm2, x).view(b, h, w, c)
@@ -783,7 +756,10 @@ class PatchMerging(nn.Module):
             h, w = h + h % 2, w + w % 2
         # (B, H/2, dy, W/2, dx, C) -> (B, H/2, W/2, dx, dy, C): dx-major gives the original order.
         x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
-        return self.reduction(self.norm(x))
+        x = self.norm(x)
+        if _onednn_linear_ok(x, self.reduction):  # AVX-512 CPU inference (birefnet.models.onednn)
+            return _onednn_linear(self.reduction, x.view(-1, 4 * c)).view(b, h // 2, w // 2, 2 * c)
+        return self.reduction(x)
 
     def forward_traceable(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` for symbolic sizes: always pads (by ``H % 2``, ``W % 2``, possibly 0), so the
