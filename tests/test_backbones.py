@@ -414,9 +414,10 @@ def test_attention_on_real_query_rows_equals_all_rows(h: int, w: int, shift: int
 @pytest.mark.parametrize("qkv_max_bytes", [0, 2**40])
 def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, heads, window, qkv_max_bytes):
     """On AVX-512 CPUs float32 inference runs the projections through oneDNN's fused kernels (bias,
-    GELU and residual sum fused; MLP in token chunks; qkv by oneDNN or into the workspace by size).
+    GELU and residual sum fused; MLP in token chunks).
     Forced on here whatever the CPU, with chunks smaller than the map, the numbers must be those of the
-    plain path up to float rounding, in both padding branches and both qkv routes."""
+    plain path up to float rounding, in both padding branches and both qkv routes (one fresh output, or
+    chunks copied into the workspace)."""
     from birefnet.models.backbones import swin
 
     monkeypatch.setattr(swin.onednn, "available", lambda: True)
@@ -438,8 +439,11 @@ def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, he
         plain = x
         for block in stage.blocks:
             plain = block(plain, layouts[block.shift], None)
-    # fc1 per chunk in each block, plus qkv when its output is small enough
+    # per block: fc1 per chunk of tokens; qkv in one call (small enough) or per chunk of its rows
     chunks = -(-2 * side * side // 100)
-    assert len(calls) == 2 * (chunks + (qkv_max_bytes > 0))
+    padded = layouts[0].num_windows * window * window
+    qkv_rows = 2 * (padded if (padded - side * side) * 8 < side * side else side * side)
+    qkv_calls = 1 if qkv_max_bytes else -(-qkv_rows // 100)
+    assert len(calls) == 2 * (chunks + qkv_calls)
     assert rel_error(ours, plain) < 1e-6
     assert torch.equal(x, x_before)

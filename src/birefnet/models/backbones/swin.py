@@ -545,8 +545,9 @@ def _linear_plus(module: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> 
 # in swin_v1_l) stays in the cache between fc1 and fc2 and comes from the heap, not a fresh mapping.
 _MLP_CHUNK = 2048
 
-# Above this output size the qkv projection writes into the stage workspace with MKL instead: a fresh
-# oneDNN output that large (stride-4 stage at 1024², 77-153 MB) is page-faulted in, which ate its gain.
+# Above this output size oneDNN's qkv projection is copied chunk by chunk into the stage workspace
+# instead of coming out as one fresh tensor: one that large (stride-4 stage at 1024², 77-153 MB) is
+# page-faulted in, which ate the gain over MKL writing into the workspace.
 _ONEDNN_QKV_MAX_BYTES = 64 * 2**20
 
 
@@ -643,31 +644,24 @@ class SwinBlock(nn.Module):
         tokens = self.norm1(x).reshape(b, h * w, c)
         n_pad = 0 if layout.pad_slots is None else layout.pad_slots.numel()
         gather_first = n_pad * 8 < h * w
-        # oneDNN projects qkv too, except where its fresh output would be large (_ONEDNN_QKV_MAX_BYTES)
+        # With oneDNN (fused), qkv comes out fresh where that output is moderate, else it is copied in
+        # chunks into the workspace (_ONEDNN_QKV_MAX_BYTES); without, MKL writes into the workspace.
         rows = b * (n_win if gather_first else h * w)
-        qkv_onednn = fused and rows * 3 * c * x.element_size() <= _ONEDNN_QKV_MAX_BYTES
+        qkv_fresh = fused and rows * 3 * c * x.element_size() <= _ONEDNN_QKV_MAX_BYTES
         windows = qkv = None
         if gather_first:
-            if workspace is not None and qkv_onednn:
-                (windows,) = workspace.views(x, (b, n_win, c))
-            elif workspace is not None:
-                windows, qkv = workspace.views(x, (b, n_win, c), (b, n_win, 3 * c))
+            if workspace is not None:
+                shapes = [(b, n_win, c)] if qkv_fresh else [(b, n_win, c), (b, n_win, 3 * c)]
+                windows, qkv = [*workspace.views(x, *shapes), None][:2]
             windows = torch.index_select(tokens, 1, layout.gather_index, out=windows)
             if layout.pad_slots is not None:
                 windows.index_fill_(1, layout.pad_slots, 0.0)
-            if qkv_onednn:
-                windows = _onednn_linear(self.attn.qkv, windows.view(-1, c)).view(b, n_win, 3 * c)
-            else:
-                windows = _linear(self.attn.qkv, windows, qkv)
+            windows = self._project_qkv(windows, qkv, fused)
         else:
-            if workspace is not None and qkv_onednn:
-                (windows,) = workspace.views(x, (b, n_win, 3 * c))
-            elif workspace is not None:
-                qkv, windows = workspace.views(x, (b, h * w, 3 * c), (b, n_win, 3 * c))
-            if qkv_onednn:
-                projected = _onednn_linear(self.attn.qkv, tokens.view(-1, c)).view(b, h * w, 3 * c)
-            else:
-                projected = _linear(self.attn.qkv, tokens, qkv)
+            if workspace is not None:
+                shapes = [(b, n_win, 3 * c)] if qkv_fresh else [(b, n_win, 3 * c), (b, h * w, 3 * c)]
+                windows, qkv = [*workspace.views(x, *shapes), None][:2]
+            projected = self._project_qkv(tokens, qkv, fused)
             windows = torch.index_select(projected, 1, layout.gather_index, out=windows)
             del projected
             bias = self.attn.qkv.bias
@@ -701,6 +695,21 @@ class SwinBlock(nn.Module):
         _linear_into(self.mlp.fc1, self.norm2(x), hidden)
         torch.ops.aten.gelu_(hidden)
         return _linear_plus(self.mlp.fc2, hidden, x)
+
+    def _project_qkv(self, tokens: torch.Tensor, out: torch.Tensor | None, fused: bool) -> torch.Tensor:
+        """``attn.qkv(tokens)`` for ``(B, M, C)`` tokens -> ``(B, M, 3C)``: into ``out`` when given (with
+        oneDNN when ``fused``, chunk by chunk copied in; else MKL writes it), else a fresh tensor (oneDNN
+        when ``fused``)."""
+        b, m, c = tokens.shape
+        if not fused:
+            return _linear(self.attn.qkv, tokens, out)
+        flat = tokens.view(-1, c)
+        if out is None:
+            return _onednn_linear(self.attn.qkv, flat).view(b, m, 3 * c)
+        target = out.view(-1, 3 * c)
+        for i in range(0, flat.shape[0], _MLP_CHUNK):
+            target[i : i + _MLP_CHUNK] = _onednn_linear(self.attn.qkv, flat[i : i + _MLP_CHUNK])
+        return out
 
     def forward_traceable(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward` with symbolic sizes (export): pad, roll, reshape partition, batched attention.
