@@ -20,7 +20,10 @@ about 1e-6 relative):
   as a second call, so no full ``(windows, heads, N, N)`` mask is built (see
   :class:`WindowAttention`);
 * the output projection is applied after the windows are merged and the padding is cropped (it is
-  a per-token linear map, so only the wasted work on padded tokens changes).
+  a per-token linear map, so only the wasted work on padded tokens changes);
+* at float32 CPU inference on AVX-512 machines the projections run through oneDNN's fused linear
+  kernels (:mod:`birefnet.models.onednn`): bias, GELU and residual sums inside the product, the MLP
+  in chunks of tokens (same values up to float rounding).
 
 Under ``torch.export`` / ONNX export (and TorchScript tracing) the blocks take a second, traceable
 path (:meth:`SwinBlock.forward_traceable`): the cached gathers above are built per Python-int size
