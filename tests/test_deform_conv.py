@@ -450,3 +450,8 @@ def test_onednn_product_equals_mkl_product(monkeypatch):
             results[fast] = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
         assert spy.called == fast
     assert rel_error(results[True], results[False]) < 1e-6
+    # the comparison switch turns it off even where the CPU qualifies
+    monkeypatch.setattr(dc.onednn, "USE_ONEDNN", False)
+    with torch.inference_mode(), mock.patch.object(dc.onednn, "linear", wraps=dc.onednn.linear) as spy:
+        deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    assert not spy.called

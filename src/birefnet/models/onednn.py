@@ -19,7 +19,11 @@ import functools
 
 import torch
 
-__all__ = ["available", "linear", "linear_add", "use_onednn"]
+__all__ = ["USE_ONEDNN", "available", "linear", "linear_add", "use_onednn"]
+
+#: Set to False to run every product through MKL again, as on CPUs without AVX-512 (a switch for
+#: comparisons: ``benchmarks/onednn_linear.py`` alternates forwards with it on and off).
+USE_ONEDNN = True
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,7 +42,8 @@ def use_onednn(x: torch.Tensor) -> bool:
     an AVX-512 CPU (:func:`available`) with oneDNN enabled (``torch.backends.mkldnn.flags``) and no
     autocast, with no autograd graph being recorded (inference only)."""
     return (
-        x.device.type == "cpu"
+        USE_ONEDNN
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.enabled
