@@ -59,16 +59,17 @@ def gemm_gflops(threads: int, n: int = 4096, repeats: int = 5, seconds: float | 
     out = torch.empty(n, n)
     kernels = {"mkl": lambda: torch.mm(a, b, out=out)}
     if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        weight = b.t().contiguous()  # (out, in), as a Linear's weight
-        linear = torch.ops.mkldnn._linear_pointwise
+        from birefnet.models import onednn
 
-        def onednn() -> None:
+        weight = b.t().contiguous()  # (out, in), as a Linear's weight
+
+        def onednn_gemm() -> None:
             # oneDNN cannot write into a given buffer: 1024-row pieces (16 MB outputs) are recycled by
             # the allocator instead of page-faulted in, and read as high as or higher than one product.
             for i in range(0, n, 1024):
-                linear(a[i : i + 1024], weight, None, "none", [], "")
+                onednn.linear(a[i : i + 1024], weight, None)
 
-        kernels["onednn"] = onednn
+        kernels["onednn"] = onednn_gemm
     best = {}
     for name, kernel in kernels.items():
         kernel()

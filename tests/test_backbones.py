@@ -421,7 +421,7 @@ def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, he
     from birefnet.models.backbones import swin
 
     monkeypatch.setattr(swin.onednn, "available", lambda: True)
-    monkeypatch.setattr(swin, "_MLP_CHUNK", 100)
+    monkeypatch.setattr(swin, "_ONEDNN_CHUNK", 100)
     monkeypatch.setattr(swin, "_ONEDNN_QKV_MAX_BYTES", qkv_max_bytes)
     calls = []
     real_linear = swin._onednn_linear

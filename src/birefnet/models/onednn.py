@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-__all__ = ["USE_ONEDNN", "available", "linear", "linear_add", "use_onednn"]
+__all__ = ["USE_ONEDNN", "autocast_enabled", "available", "linear", "linear_add", "use_onednn"]
 
 #: Set to False to run every product through MKL again, as on CPUs without AVX-512 (a switch for
 #: comparisons: ``benchmarks/onednn_linear.py`` alternates forwards with it on and off).
@@ -47,16 +47,17 @@ def use_onednn(x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.enabled
-        and not _cpu_autocast()
+        and not autocast_enabled("cpu")
         and available()
     )
 
 
-def _cpu_autocast() -> bool:
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (a product under it must keep its own dtype rules)."""
     try:
-        return torch.is_autocast_enabled("cpu")
+        return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no device type
-        return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def linear(

@@ -493,15 +493,10 @@ def _plain_linear(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``module(x)`` is a plain float ``x @ W^T + b`` that can be written into a given buffer
     (not a quantised or otherwise replaced layer, same dtype, no autocast)."""
     return (
-        type(module) is nn.Linear and x.dtype == module.weight.dtype and not _autocast_enabled(x.device.type)
+        type(module) is nn.Linear
+        and x.dtype == module.weight.dtype
+        and not onednn.autocast_enabled(x.device.type)
     )
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no device type
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def _linear(module: nn.Module, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -544,9 +539,10 @@ def _linear_plus(module: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> 
     return out
 
 
-# Tokens per chunk of the fused MLP (:func:`_onednn_mlp_residual`): the 4C-wide hidden chunk (6-25 MB
-# in swin_v1_l) stays in the cache between fc1 and fc2 and comes from the heap, not a fresh mapping.
-_MLP_CHUNK = 2048
+# Tokens per oneDNN call where outputs are chunked: the fused MLP (:func:`_onednn_mlp_residual`), whose
+# 4C-wide hidden chunk (6-25 MB in swin_v1_l) stays in the cache between fc1 and fc2 and comes from the
+# heap, not a fresh mapping, and a large qkv projection copied into the workspace.
+_ONEDNN_CHUNK = 2048
 
 # Above this output size oneDNN's qkv projection is copied chunk by chunk into the stage workspace
 # instead of coming out as one fresh tensor: one that large (stride-4 stage at 1024², 77-153 MB) is
@@ -571,16 +567,16 @@ def _onednn_linear_add(module: nn.Linear, x: torch.Tensor, residual: torch.Tenso
 
 
 def _onednn_mlp_residual(mlp: Mlp, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x + mlp(norm(x))`` for ``(tokens, C)`` ``x``, in chunks of :data:`_MLP_CHUNK` tokens.
+    """``x + mlp(norm(x))`` for ``(tokens, C)`` ``x``, in chunks of :data:`_ONEDNN_CHUNK` tokens.
 
     LayerNorm and the MLP act on each token alone, so chunking changes no value; each chunk is one
     fc1+GELU call and one fc2+residual call. Returns a new ``(tokens, C)`` tensor.
     """
     out = torch.empty_like(x)
-    for i in range(0, x.shape[0], _MLP_CHUNK):
-        part = x[i : i + _MLP_CHUNK]
+    for i in range(0, x.shape[0], _ONEDNN_CHUNK):
+        part = x[i : i + _ONEDNN_CHUNK]
         hidden = _onednn_linear(mlp.fc1, norm(part), gelu=True)
-        out[i : i + _MLP_CHUNK] = _onednn_linear_add(mlp.fc2, hidden, part)
+        out[i : i + _ONEDNN_CHUNK] = _onednn_linear_add(mlp.fc2, hidden, part)
     return out
 
 
@@ -710,8 +706,8 @@ class SwinBlock(nn.Module):
         if out is None:
             return _onednn_linear(self.attn.qkv, flat).view(b, m, 3 * c)
         target = out.view(-1, 3 * c)
-        for i in range(0, flat.shape[0], _MLP_CHUNK):
-            target[i : i + _MLP_CHUNK] = _onednn_linear(self.attn.qkv, flat[i : i + _MLP_CHUNK])
+        for i in range(0, flat.shape[0], _ONEDNN_CHUNK):
+            target[i : i + _ONEDNN_CHUNK] = _onednn_linear(self.attn.qkv, flat[i : i + _ONEDNN_CHUNK])
         return out
 
     def forward_traceable(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
