@@ -94,7 +94,7 @@ def count_flops(model, x) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from birefnet.models import deform_conv
+    from birefnet.models import blocks, deform_conv
     from birefnet.models.backbones import swin
     from birefnet.models.blocks import resize
     from birefnet.models.decoder import Decoder
@@ -117,7 +117,10 @@ def count_flops(model, x) -> float:
 
     orig_final = getattr(Decoder, "_final_logits_eval", None)  # absent in versions before the fold
     orig_tracing = swin.is_tracing
+    orig_fuse = getattr(blocks, "FUSE_DEFORMABLE_BRANCHES", None)  # absent before the fused ASPP path
     deform_conv.DeformableConv2d.forward = no_deform
+    # the fused ASPP branches bypass DeformableConv2d.forward; count the plain form
+    blocks.FUSE_DEFORMABLE_BRANCHES = False
     if orig_final is not None:
         Decoder._final_logits_eval = official_final_stage
     # Swin's export path is the official pad -> roll -> partition form, whose qkv projection also
@@ -129,6 +132,8 @@ def count_flops(model, x) -> float:
     finally:
         deform_conv.DeformableConv2d.forward = orig
         swin.is_tracing = orig_tracing
+        if orig_fuse is not None:
+            blocks.FUSE_DEFORMABLE_BRANCHES = orig_fuse
         if orig_final is not None:
             Decoder._final_logits_eval = orig_final
     return float(counter.get_total_flops())
@@ -170,12 +175,27 @@ def profile_modules(model, x) -> dict[str, float]:
 
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post))
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        model(x)
-    total = time.perf_counter() - t0
-    for h in handles:
-        h.remove()
+    # The fused ASPP path calls DeformableConv2d.forward_rows directly (no module hooks): time that too.
+    # Its chunks' epilogue (norm, ReLU and the branch's share of the 1x1 fusion) is counted with it.
+    forward_rows = DeformableConv2d.forward_rows
+
+    def timed_forward_rows(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return forward_rows(self, *args, **kwargs)
+        finally:
+            groups["deformable conv (20)"] += time.perf_counter() - t
+
+    DeformableConv2d.forward_rows = timed_forward_rows
+    try:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(x)
+        total = time.perf_counter() - t0
+    finally:
+        DeformableConv2d.forward_rows = forward_rows
+        for h in handles:
+            h.remove()
     # deformable convs are nested inside decoder blocks: report decoder blocks exclusive of them
     return {"total": total, **dict(groups)}
 

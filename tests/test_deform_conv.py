@@ -455,3 +455,35 @@ def test_onednn_product_equals_mkl_product(monkeypatch):
     with torch.inference_mode(), mock.patch.object(dc.onednn, "linear", wraps=dc.onednn.linear) as spy:
         deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
     assert not spy.called
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rows_hand_out_the_output_chunk_by_chunk(channels_last, monkeypatch):
+    """deform_conv2d_rows gives every output row once, in order, as (rows x Wo, O) products equal to
+    deform_conv2d's output without bias; channels-last inputs and offsets (read in place) too."""
+    x, offset, weight, _, mask = random_case(2, 4, 5, 11, 9, 3, 2, 1, 2, 1, scale=2.0)
+    expected = deform_conv2d(x, offset, weight, stride=2, padding=1, dilation=2, mask=mask)
+    if channels_last:
+        x, offset, mask = (t.contiguous(memory_format=torch.channels_last) for t in (x, offset, mask))
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 2 * 4 * 9 * 4 * 8 * 2)  # 2 output rows per chunk
+    got = torch.full_like(expected, float("nan"))
+    seen = []
+
+    def epilogue(product, b, rows):
+        seen.append((b, rows.start, rows.stop))
+        got[b, :, rows] = product.t().reshape(5, rows.stop - rows.start, -1)
+
+    with torch.inference_mode():
+        dc.deform_conv2d_rows(x, offset, weight, epilogue, stride=2, padding=1, dilation=2, mask=mask)
+    out_h = expected.shape[2]
+    assert [s for s in seen if s[0] == 0] == [(0, r, min(r + 2, out_h)) for r in range(0, out_h, 2)]
+    assert rel_error(got, expected) < 1e-14
+
+
+def test_rows_refuse_groups_and_gradients():
+    x, offset, weight, _, mask = random_case(1, 4, 5, 6, 6, 3, 1, 1, 1, 2, scale=1.0)
+    with pytest.raises(ValueError, match="one offset group"):
+        dc.deform_conv2d_rows(x, offset, weight, lambda *a: None, padding=1, mask=mask[:, :18])
+    x, offset, weight, _, mask = random_case(1, 4, 5, 6, 6, 3, 1, 1, 1, 1, scale=1.0)
+    with pytest.raises(ValueError, match="inference"):
+        dc.deform_conv2d_rows(x, offset, weight.requires_grad_(), lambda *a: None, padding=1, mask=mask)

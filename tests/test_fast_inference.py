@@ -97,6 +97,63 @@ def test_aspp_sum_of_products_equals_concatenation(cls):
     assert rel_error(fast, official) < 1e-12
 
 
+@pytest.mark.parametrize("norm", ["bn", "none"])
+def test_fused_deformable_branches_equal_the_unfused_path(norm, monkeypatch):
+    """At CPU inference each deformable ASPP branch is normalised, rectified and projected chunk by
+    chunk (blocks._fused_deformable_branch) from a channels-last input; the values are those of the
+    full-size branch outputs, across several chunks, for both norms."""
+    from birefnet.models import blocks
+    from birefnet.models import deform_conv as dc
+
+    torch.manual_seed(0)
+    block = ASPPDeformable(6, 5, norm=norm, dropout=0.0).double()
+    _randomise(block)
+    block.eval()
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 2 * 11 * 8 * 256 * 3)  # 3 output rows per chunk
+    calls = []
+    forward_rows = dc.DeformableConv2d.forward_rows
+    monkeypatch.setattr(
+        dc.DeformableConv2d, "forward_rows", lambda self, *a: calls.append(1) or forward_rows(self, *a)
+    )
+    with torch.no_grad():
+        fused = block(x)
+        assert len(calls) == 4  # aspp1 and the three aspp_deforms
+        monkeypatch.setattr(blocks, "FUSE_DEFORMABLE_BRANCHES", False)
+        unfused = block(x)
+    assert len(calls) == 4
+    assert rel_error(fused, unfused) < 1e-13
+    # with autograd on (eval mode, no no_grad), and under autocast, the plain path runs
+    monkeypatch.setattr(blocks, "FUSE_DEFORMABLE_BRANCHES", True)
+    assert rel_error(block(x).detach(), unfused) < 1e-13
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert rel_error(block.float()(x.float()).double(), unfused) < 0.1
+    assert len(calls) == 4
+
+
+def test_fused_deformable_branch_with_conv_bias():
+    """A branch whose deformable convolution has a bias (none of BiRefNet's does) folds it in first,
+    with and without a BatchNorm, into an accumulator left NCHW by an earlier branch."""
+    from birefnet.models import blocks
+    from birefnet.models.deform_conv import DeformableConv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 7, 6, dtype=torch.float64)
+    w = torch.randn(3, 8, 1, 1, dtype=torch.float64)
+    for norm in ("bn", "none"):
+        conv = DeformableConv2d(4, 8, kernel_size=3, padding=1, bias=True)
+        branch = blocks._ASPPBranch(conv, 8, norm).double()
+        _randomise(branch)
+        branch.eval()
+        earlier = torch.randn(1, 3, 7, 6, dtype=torch.float64)  # NCHW
+        with torch.no_grad():
+            expected = earlier + F.conv2d(branch(x), w)
+            got = blocks._fused_deformable_branch(branch, x, w, earlier.clone())
+            first = blocks._fused_deformable_branch(branch, x, w, None)
+        assert rel_error(got, expected) < 1e-13, norm
+        assert rel_error(first, F.conv2d(branch(x), w).detach()) < 1e-13, norm
+
+
 def test_norm_inplace_equals_batch_norm():
     bn = torch.nn.BatchNorm2d(4).double()
     _randomise(bn)

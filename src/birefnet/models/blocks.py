@@ -18,6 +18,11 @@ from birefnet.models.deform_conv import DeformableConv2d
 
 ASPP_PLANES = 256  # width of every ASPP branch (official ``in_channelster``)
 
+#: At CPU inference, each deformable ASPP branch is normalised, rectified and projected chunk by chunk
+#: as its deformable convolution produces it (:func:`_fused_deformable_branch`). A switch for
+#: comparisons (``benchmarks/fused_aspp.py``); both paths compute the same function.
+FUSE_DEFORMABLE_BRANCHES = True
+
 
 def make_norm(channels: int, norm: str) -> nn.Module:
     """BatchNorm2d for ``norm == "bn"`` (all released weights), identity for ``"none"``."""
@@ -30,21 +35,30 @@ def norm_inplace(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Saves one full-size temporary per normalised map at inference (67 MB per ASPP branch of
     swin_v1_l's first decoder block at 1024x1024); equal to ``F.batch_norm`` up to float rounding.
     """
+    affine = frozen_affine(norm) if not torch.is_grad_enabled() else None
+    if affine is None:
+        return norm(x)
+    scale, shift = affine
+    return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+
+
+def frozen_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scale, shift)`` (each ``(C,)``) with ``norm(x) == x * scale + shift`` per channel, for an
+    eval-mode BatchNorm2d with running statistics; None for anything else (Identity included)."""
     if (
-        isinstance(norm, nn.BatchNorm2d)
-        and not norm.training
-        and norm.running_var is not None
-        and norm.running_mean is not None
-        and not torch.is_grad_enabled()
+        not isinstance(norm, nn.BatchNorm2d)
+        or norm.training
+        or norm.running_var is None
+        or norm.running_mean is None
     ):
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
-        return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
-    return norm(x)
+        return None
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
 
 
 def conv_over_parts(conv: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -165,12 +179,92 @@ class _ASPPHead(nn.Module):
         w = self.conv1.weight  # (O, 256 * (n + 1), 1, 1)
         n = len(branches)
         acc = None
+        x_nhwc = None
         for i, branch in enumerate(branches):
-            part = F.conv2d(branch(x), w[:, i * ASPP_PLANES : (i + 1) * ASPP_PLANES])
+            w_branch = w[:, i * ASPP_PLANES : (i + 1) * ASPP_PLANES]
+            if _rows_fusable(branch, x):
+                # Channels-last input, converted once for all branches: the offset convolutions run
+                # faster on it (the 7x7 at 256x256: 355 -> 316 ms here), their channels-last offsets
+                # need no reordering for the sampling, and the sampling table is built from it.
+                if x_nhwc is None:
+                    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+                acc = _fused_deformable_branch(branch, x_nhwc, w_branch, acc)
+                continue
+            part = F.conv2d(branch(x), w_branch)
             acc = part if acc is None else acc.add_(part)
         assert acc is not None
         acc = acc.add_(F.conv2d(pooled, w[:, n * ASPP_PLANES :]))
         return self.relu(norm_inplace(self.bn1, acc))  # dropout is the identity in eval mode
+
+
+def _rows_fusable(branch: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`_fused_deformable_branch` may run ``branch`` on ``x``: a deformable ASPP branch with
+    an eval-mode BatchNorm (or none), at CPU inference outside export/compile tracing and autocast
+    (whose lower-precision products could not be accumulated in place into the output)."""
+    from birefnet.models import onednn
+    from birefnet.models.backbones.swin import is_tracing
+
+    return (
+        FUSE_DEFORMABLE_BRANCHES
+        and isinstance(branch, _ASPPBranch)
+        and isinstance(branch.atrous_conv, DeformableConv2d)
+        and (isinstance(branch.bn, nn.Identity) or frozen_affine(branch.bn) is not None)
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not is_tracing()
+        and not onednn.autocast_enabled(x.device.type)
+    )
+
+
+def _fused_deformable_branch(
+    branch: _ASPPBranch, x: torch.Tensor, w_branch: torch.Tensor, acc: torch.Tensor | None
+) -> torch.Tensor:
+    """``acc + conv1x1(relu(bn(deform_conv(x))), w_branch)`` for one deformable ASPP branch, by chunks.
+
+    The branch output (``(B, 256, H, W)``; 67 MB at swin_v1_l's and swin_v1_t's stride-4 map at
+    1024²) exists only as cache-sized chunks: each chunk of the deformable convolution's product gets
+    the convolution bias and the BatchNorm as one scale and shift, the ReLU, and its 1x1 projection
+    accumulated into the channels-last ``acc`` (``(B, O, H, W)``, created when None). The elementwise
+    steps are the ones the unfused path runs; the 1x1 projection is a GEMM instead of a convolution
+    call (float summation order, ~1e-6 relative). Saves writing, page-faulting and re-reading the
+    full-size branch output three times (norm, ReLU, projection).
+    """
+    conv = branch.atrous_conv
+    regular = conv.regular_conv
+    affine = frozen_affine(branch.bn)  # None: no norm (Identity)
+    bias = None if regular.bias is None else regular.bias.to(x.dtype)
+    scale = shift = None
+    if affine is not None:
+        scale, shift = (t.to(x.dtype) for t in affine)
+        if bias is not None:  # (p + bias) * scale + shift
+            shift, bias = shift + bias * scale, None
+    out_channels = w_branch.shape[0]
+    projection = w_branch.reshape(out_channels, regular.out_channels).t().to(x.dtype)  # (256, O)
+    first = acc is None
+    if acc is None:
+        b, _, h, w = x.shape  # ASPP branches keep the size (stride 1, padding k // 2)
+        out = x.new_empty(b, h, w, out_channels)
+        acc = out.permute(0, 3, 1, 2)
+    elif acc.permute(0, 2, 3, 1).is_contiguous():
+        out = acc.permute(0, 2, 3, 1)
+    else:  # an earlier branch left it NCHW: one copy to channels-last
+        out = acc.permute(0, 2, 3, 1).contiguous()
+        acc = out.permute(0, 3, 1, 2)
+
+    def epilogue(product: torch.Tensor, i: int, rows: slice) -> None:
+        if bias is not None:
+            product.add_(bias)
+        if scale is not None and shift is not None:
+            product.mul_(scale).add_(shift)
+        product.relu_()
+        target = out[i, rows].view(-1, out_channels)
+        if first:
+            torch.mm(product, projection, out=target)
+        else:
+            target.addmm_(product, projection)
+
+    conv.forward_rows(x, epilogue)
+    return acc
 
 
 class ASPP(_ASPPHead):

@@ -45,6 +45,7 @@ with ~1e-5 relative float32 rounding from the coordinate normalisation at 256-pi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,9 @@ __all__ = [
     "COLUMN_BUDGET_BYTES",
     "USE_TRITON",
     "DeformableConv2d",
+    "RowEpilogue",
     "deform_conv2d",
+    "deform_conv2d_rows",
 ]
 
 #: Upper bound, in bytes, on the largest per-chunk tensor (the sampled columns, or the GEMM result for
@@ -78,9 +81,9 @@ ACCELERATOR_COLUMN_BUDGET_BYTES = 256 * 2**20
 #: comparisons (``benchmarks/gpu.py`` mode ``bf16-gather``); both compute the same function.
 USE_TRITON = True
 
-# Per sample (output pixel x kernel point x offset group) bookkeeping besides its C/G channel values, in
-# bytes: 4 int64 corner indices, 4 weights and about 10 coordinate-sized temporaries.
-_BOOKKEEPING_BYTES_PER_SAMPLE = 4 * 8 + 4 * 4 + 10 * 4
+#: ``epilogue(product, b, rows)`` of :func:`deform_conv2d_rows`: the ``(len(rows)·Wo, O)`` outputs of
+#: sample ``b``'s output rows ``rows``.
+RowEpilogue = Callable[[torch.Tensor, int, slice], None]
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -150,34 +153,10 @@ def deform_conv2d(
         # GPU inference: sampling fused with the product in one kernel; no column tensor in memory.
         out = _deform_triton.deform_conv2d_fused(x, offset, weight, mask, (sh, sw), (ph, pw), (dh, dw))
         return out if bias is None else out + bias.to(out.dtype).view(1, out_channels, 1, 1)
-    # Sampling coordinates need more than float16's 11 significant bits; float64 stays float64.
-    coord_dtype = torch.promote_types(x.dtype, torch.float32)
     weight = weight.to(x.dtype)
-
-    # (B, G, Ho, Wo, K, 2) offsets and (B, G, Ho, Wo, K) mask, in memory in that order (the order the
-    # samples are produced in, so every tensor derived from them is contiguous too). These copies are 3
-    # values per kernel point, against C/G per kernel point for the samples.
-    offset = (
-        offset.to(coord_dtype)
-        .view(batch, groups, n_points, 2, out_h, out_w)
-        .permute(0, 1, 4, 5, 2, 3)
-        .contiguous()
+    offset, mask, base_y, base_x = _sampling_grid(
+        x, offset, mask, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (out_h, out_w)
     )
-    if mask is not None:
-        mask = (
-            mask.to(coord_dtype)
-            .view(batch, groups, n_points, out_h, out_w)
-            .permute(0, 1, 3, 4, 2)
-            .contiguous()
-        )
-
-    # Kernel-point positions without offsets: rows (Ho, 1, K) and columns (1, Wo, K).
-    kernel_i = torch.arange(kh, device=x.device, dtype=coord_dtype).repeat_interleave(kw) * dh
-    kernel_j = torch.arange(kw, device=x.device, dtype=coord_dtype).repeat(kh) * dw
-    rows = torch.arange(out_h, device=x.device, dtype=coord_dtype) * sh - ph
-    cols = torch.arange(out_w, device=x.device, dtype=coord_dtype) * sw - pw
-    base_y = (rows[:, None] + kernel_i[None, :])[:, None, :]
-    base_x = (cols[:, None] + kernel_j[None, :])[None, :, :]
 
     if torch.onnx.is_in_onnx_export():
         # One GridSample over all output rows: no Python loop in the graph; the runtime plans its memory.
@@ -257,6 +236,112 @@ def _check_shapes(
         raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
 
 
+def deform_conv2d_rows(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    epilogue: RowEpilogue,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    mask: torch.Tensor | None = None,
+) -> None:
+    """:func:`deform_conv2d` (without bias) handed out chunk by chunk instead of as one output tensor.
+
+    For inference on the CPU when the output is only an intermediate: BiRefNet's ASPP branches
+    (256 channels, 67 MB at a 256x256 map) are normalised, rectified and projected to 64 channels
+    right away, so the caller (:meth:`birefnet.models.blocks._ASPPHead._fuse`) applies all of that
+    to each chunk while it is in the cache, and the full-size output is never written, read back or
+    page-faulted in. Chunks and products are those of the channels-last inference path, so the
+    values are the ones :func:`deform_conv2d` returns (before its bias).
+
+    Args:
+        x, offset, weight, stride, padding, dilation, mask: as :func:`deform_conv2d`; one offset group.
+        epilogue: called as ``epilogue(product, b, rows)`` once per sample ``b`` and chunk of output
+            rows ``rows`` (a slice of ``range(Ho)``, chunks in order, covering every row once), with
+            ``product`` the ``(len(rows)·Wo, O)`` outputs of those rows, row-major (pixel
+            ``(ho, wo)`` at ``(ho − rows.start)·Wo + wo``). ``product`` is a temporary the epilogue
+            may modify in place.
+
+    Raises:
+        ValueError: for inconsistent shapes (see :func:`deform_conv2d`), more than one offset group,
+            or inputs that need gradients (the chunks are not kept for a backward pass).
+    """
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    _check_shapes(x, offset, weight, None, mask, (sh, sw), (ph, pw), (dh, dw))
+    _, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    if offset.shape[1] != 2 * kh * kw:
+        raise ValueError(f"deform_conv2d_rows takes one offset group, got {offset.shape[1] // (2 * kh * kw)}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, offset, mask)):
+        raise ValueError("deform_conv2d_rows is for inference: run it under torch.inference_mode()")
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    weight = weight.to(x.dtype)
+    offset, mask, base_y, base_x = _sampling_grid(
+        x, offset, mask, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (out_h, out_w)
+    )
+    rows_per_chunk = _rows_per_chunk(x, out_h, out_w, kh * kw * channels, out_channels)
+    _gather_and_multiply_nhwc(
+        _GatherSampler(x, 1), weight, base_y, base_x, offset, mask, rows_per_chunk, epilogue
+    )
+
+
+def _sampling_grid(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor | None,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    out_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Offsets and mask in sampling order, and the kernel-point positions without offsets.
+
+    Returns ``(B, G, Ho, Wo, K, 2)`` offsets and ``(B, G, Ho, Wo, K)`` mask (or None), in memory in that
+    order (the order the samples are produced in, so every tensor derived from them is contiguous
+    too; these copies are 3 values per kernel point, against C/G per kernel point for the samples),
+    in float32 at least (sampling coordinates need more than float16's 11 significant bits; float64
+    stays float64), and the integer positions of the kernel points as rows ``(Ho, 1, K)`` and
+    columns ``(1, Wo, K)``.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (out_h, out_w) = kernel, stride, padding, dilation, out_size
+    batch = x.shape[0]
+    n_points = kh * kw
+    groups = offset.shape[1] // (2 * n_points)
+    coord_dtype = torch.promote_types(x.dtype, torch.float32)
+    offset = offset.to(coord_dtype).view(batch, groups, n_points, 2, out_h, out_w).permute(0, 1, 4, 5, 2, 3)
+    # Channels-last offsets (from a convolution of a channels-last input) already hold each pixel's
+    # (K, 2) values together: the per-chunk operations read them in place, with no reordering copy.
+    if offset.stride()[-2:] != (2, 1):
+        offset = offset.contiguous()
+    if mask is not None:
+        mask = mask.to(coord_dtype).view(batch, groups, n_points, out_h, out_w).permute(0, 1, 3, 4, 2)
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+    kernel_i = torch.arange(kh, device=x.device, dtype=coord_dtype).repeat_interleave(kw) * dh
+    kernel_j = torch.arange(kw, device=x.device, dtype=coord_dtype).repeat(kh) * dw
+    rows = torch.arange(out_h, device=x.device, dtype=coord_dtype) * sh - ph
+    cols = torch.arange(out_w, device=x.device, dtype=coord_dtype) * sw - pw
+    base_y = (rows[:, None] + kernel_i[None, :])[:, None, :]
+    base_x = (cols[:, None] + kernel_j[None, :])[None, :, :]
+    return offset, mask, base_y, base_x
+
+
+def _rows_per_chunk(
+    x: torch.Tensor, out_h: int, out_w: int, columns_per_pixel: int, out_channels: int
+) -> int:
+    """Output rows per chunk: the largest per-chunk tensor (the columns, ``columns_per_pixel`` values per
+    output pixel, or the product, ``out_channels``) within the device's budget, in equal chunks."""
+    bytes_per_row = x.shape[0] * out_w * x.element_size() * max(columns_per_pixel, out_channels)
+    budget = COLUMN_BUDGET_BYTES if x.device.type == "cpu" else ACCELERATOR_COLUMN_BUDGET_BYTES
+    rows_per_chunk = max(1, budget // bytes_per_row)
+    return math.ceil(out_h / math.ceil(out_h / rows_per_chunk))
+
+
 def _positions(base_y: torch.Tensor, base_x: torch.Tensor) -> torch.Tensor:
     """(R, 1, K) row and (1, Wo, K) column positions -> (R, Wo, K, 2) (y, x) positions."""
     return torch.stack(torch.broadcast_tensors(base_y, base_x), dim=-1)
@@ -279,11 +364,7 @@ def _gather_and_multiply(
     out_channels, channels = weight.shape[:2]
     group_channels = channels // groups
     sampler = _GatherSampler(x, groups)
-    # The largest per-chunk tensors: the columns, or the GEMM result (O values per output pixel).
-    bytes_per_row = batch * out_w * x.element_size() * max(groups * n_points * group_channels, out_channels)
-    budget = COLUMN_BUDGET_BYTES if x.device.type == "cpu" else ACCELERATOR_COLUMN_BUDGET_BYTES
-    rows_per_chunk = max(1, budget // bytes_per_row)
-    rows_per_chunk = math.ceil(out_h / math.ceil(out_h / rows_per_chunk))  # equal chunks
+    rows_per_chunk = _rows_per_chunk(x, out_h, out_w, groups * n_points * group_channels, out_channels)
 
     # In training, keeping every chunk's columns for the backward pass would cost the whole column tensor
     # (822 MB for the 7x7 at 256x256) per call; recomputing them in the backward pass (as torchvision's
@@ -328,13 +409,17 @@ def _gather_and_multiply_nhwc(
     offset: torch.Tensor,
     mask: torch.Tensor | None,
     rows_per_chunk: int,
-) -> torch.Tensor:
+    epilogue: RowEpilogue | None = None,
+) -> torch.Tensor | None:
     """Inference path for one offset group: ``columns @ weight^T`` straight into a channels-last output.
 
     ``(L, K·C) @ (K·C, O)`` runs at the GEMM peak here (67 GFLOP/s on 2 threads for the 7x7 block
     at 256x256), where the transposed ``(O, K·C) @ (K·C, L)`` form reaches ~59; each chunk's product
     is written in place into its rows of a ``(B, Ho, Wo, O)`` buffer, so there is no concatenation
     either. Returns ``(B, O, Ho, Wo)`` in channels-last memory format (values as the NCHW path).
+
+    With ``epilogue``, no output is built: each chunk's ``(R·Wo, O)`` product (no bias) is handed to
+    ``epilogue(product, b, rows)`` while it is still in the cache, and None is returned.
     """
     batch, _, out_h, out_w, n_points, _ = offset.shape
     out_channels, channels = weight.shape[:2]
@@ -343,7 +428,9 @@ def _gather_and_multiply_nhwc(
     # On AVX-512 CPUs oneDNN runs this product 15-25 % faster than MKL's mm (7x7 at 256²: 685 -> 577 ms
     # with the copy into the output included); it needs the (O, K·C) layout and returns a fresh chunk.
     weight_rows = weight_t.t().contiguous() if onednn.use_onednn(weight) else None
-    out = offset.new_empty((batch, out_h, out_w, out_channels), dtype=weight.dtype)
+    out = None
+    if epilogue is None:
+        out = offset.new_empty((batch, out_h, out_w, out_channels), dtype=weight.dtype)
     for start in range(0, out_h, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, out_h))
         columns = sampler(
@@ -352,12 +439,20 @@ def _gather_and_multiply_nhwc(
             None if mask is None else mask[:, :, rows],
         )  # (B, 1, R·Wo, K·C)
         for b in range(batch):
+            if out is None:
+                assert epilogue is not None
+                if weight_rows is None:
+                    product = torch.mm(columns[b, 0], weight_t)
+                else:
+                    product = onednn.linear(columns[b, 0], weight_rows, None)
+                epilogue(product, b, rows)
+                continue
             target = out[b, rows].view(-1, out_channels)
             if weight_rows is None:
                 torch.mm(columns[b, 0], weight_t, out=target)
             else:
                 target.copy_(onednn.linear(columns[b, 0], weight_rows, None))
-    return out.permute(0, 3, 1, 2)
+    return None if out is None else out.permute(0, 3, 1, 2)
 
 
 def _sample_and_multiply(
@@ -522,7 +617,8 @@ class DeformableConv2d(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def offsets_and_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 2·k², Ho, Wo)`` offsets and ``(B, k², Ho, Wo)`` modulation in (0, 2) predicted from ``x``."""
         # Offsets and modulation from one convolution with the two weights stacked: one pass over
         # the input, and a wider GEMM (the 7x7 pair at 256x256: 0.77 s instead of 0.93 s on 2 threads).
         n = self.offset_conv.out_channels
@@ -533,9 +629,11 @@ class DeformableConv2d(nn.Module):
             self.offset_conv.stride,
             self.offset_conv.padding,
         )
-        offset = both[:, :n]
         # Modulation in (0, 2), 1 at initialisation.
-        mask = 2 * torch.sigmoid(both[:, n:])
+        return both[:, :n], 2 * torch.sigmoid(both[:, n:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset, mask = self.offsets_and_mask(x)
         return deform_conv2d(
             x,
             offset,
@@ -544,4 +642,14 @@ class DeformableConv2d(nn.Module):
             stride=self.stride,
             padding=self.padding,
             mask=mask,
+        )
+
+    def forward_rows(self, x: torch.Tensor, epilogue: RowEpilogue) -> None:
+        """:meth:`forward` handed to ``epilogue`` chunk by chunk (:func:`deform_conv2d_rows`; inference).
+
+        The products come without ``regular_conv``'s bias: the epilogue adds it if there is one.
+        """
+        offset, mask = self.offsets_and_mask(x)
+        deform_conv2d_rows(
+            x, offset, self.regular_conv.weight, epilogue, self.stride, self.padding, mask=mask
         )

@@ -1,0 +1,91 @@
+"""One of our inference fast paths against the same forward without it, alternating in one process.
+
+Each fast path has a module-level switch kept for exactly this comparison:
+
+* ``onednn``: the Swin projections, patch merging and the deformable convolutions' products on oneDNN
+  (``birefnet.models.onednn.USE_ONEDNN``; only AVX-512 CPUs take it, elsewhere both columns run MKL);
+* ``fused-aspp``: each deformable ASPP branch normalised, rectified and projected chunk by chunk as its
+  deformable convolution produces it, instead of as a full-size map
+  (``birefnet.models.blocks.FUSE_DEFORMABLE_BRANCHES``).
+
+The script times full forwards of a random BiRefNet, switching the path off and on for each pair, and
+prints the median over the pairs of (time off / time on): above 1 means the fast path is faster. It
+also prints the largest difference of the two outputs (probabilities), which only float rounding
+should cause. Timing alternates because this project's machines drift by 10-20 % within minutes.
+
+    python benchmarks/ab_switch.py --switch fused-aspp --variant swin_v1_t --size 1024 --pairs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from birefnet import BiRefNet, BiRefNetConfig
+from birefnet.models import blocks, onednn
+
+
+def _set_onednn(on: bool) -> None:
+    onednn.USE_ONEDNN = on
+
+
+def _set_fused_aspp(on: bool) -> None:
+    blocks.FUSE_DEFORMABLE_BRANCHES = on
+
+
+#: switch name -> (setter, label of the path when off, label when on)
+SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
+    "onednn": (_set_onednn, "MKL", "oneDNN"),
+    "fused-aspp": (_set_fused_aspp, "unfused", "fused"),
+}
+
+
+def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--switch", choices=sorted(SWITCHES), default=default_switch)
+    ap.add_argument("--variant", default="swin_v1_l")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+
+    setter, off_label, on_label = SWITCHES[args.switch]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.switch == "onednn" and not onednn.available():
+        print("this CPU has no AVX-512 (or torch no oneDNN): both runs take MKL")
+    model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval()
+    x = torch.randn(1, 3, args.size, args.size)
+
+    def forward(on: bool) -> tuple[float, torch.Tensor]:
+        setter(on)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model(x).logits
+        return time.perf_counter() - t0, out
+
+    try:
+        _, ref = forward(False)  # warm-up of both paths
+        _, new = forward(True)
+        diff = (ref.sigmoid() - new.sigmoid()).abs().max().item()
+        off, on = [], []
+        for i in range(args.pairs):
+            off.append(forward(False)[0])
+            on.append(forward(True)[0])
+            print(f"pair {i + 1}: {off_label} {off[-1]:.2f} s, {on_label} {on[-1]:.2f} s", flush=True)
+    finally:
+        setter(True)
+    ratio = statistics.median(a / b for a, b in zip(off, on))
+    print(
+        f"{args.variant} {args.size}²: {off_label} median {statistics.median(off):.2f} s, {on_label} median "
+        f"{statistics.median(on):.2f} s, {off_label}/{on_label} {ratio:.3f} (median of pairs); "
+        f"max |prob difference| {diff:.1e}"
+    )
+
+
+if __name__ == "__main__":
+    main()
