@@ -487,3 +487,19 @@ def test_rows_refuse_groups_and_gradients():
     x, offset, weight, _, mask = random_case(1, 4, 5, 6, 6, 3, 1, 1, 1, 1, scale=1.0)
     with pytest.raises(ValueError, match="inference"):
         dc.deform_conv2d_rows(x, offset, weight.requires_grad_(), lambda *a: None, padding=1, mask=mask)
+
+
+def test_wide_index_and_position_types_give_the_same_samples(monkeypatch):
+    """Past 2^31 table rows the gather indices are int64, past 2^24 rows per plane the corner positions
+    are computed in float64 (maps of ~4000² and more, too large for a test): forced here on a small
+    map, the samples are the same."""
+    x, offset, weight, bias, mask = random_case(2, 4, 5, 11, 9, 3, 1, 1, 1, 1, scale=3.0)
+    x, offset, weight, bias, mask = (t.float() for t in (x, offset, weight, bias, mask))
+    with torch.inference_mode():
+        narrow = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+        monkeypatch.setattr(dc, "_INT32_INDEX_ROWS", 10)
+        monkeypatch.setattr(dc, "_FLOAT32_EXACT_ROWS", 10)
+        sampler = dc._GatherSampler(x, 1)
+        assert (sampler.index_dtype, sampler.position_dtype) == (torch.int64, torch.float64)
+        wide = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    assert torch.equal(narrow, wide)

@@ -296,9 +296,12 @@ def test_deform_sampler_constants_built_on_device():
     from birefnet.models.deform_conv import _GatherSampler
 
     sampler = _GatherSampler(torch.zeros(2, 4, 7, 9), groups=2)
-    assert sampler.row_step.tolist() == [12, 1]
-    assert sampler.corner_step.tolist() == [0, 1, 12, 13]
-    assert sampler.size.tolist() == [7.0, 9.0] and sampler.size.dtype == torch.float32
+    # planes of (7 + 3) x (9 + 3) rows, pixel (0, 0) at row 12 + 1 of its plane; corners 0, 1, 12, 13 on
+    assert sampler.corner_rows.shape == (2, 2, 1, 1, 1, 4)
+    assert sampler.corner_rows.dtype == torch.int32
+    starts = [13 + 120 * plane for plane in range(4)]
+    assert sampler.corner_rows.view(4, 4).tolist() == [[s, s + 1, s + 12, s + 13] for s in starts]
+    assert (sampler.height, sampler.width) == (7, 9)
 
 
 def test_channels_last_resize_equals_nchw():

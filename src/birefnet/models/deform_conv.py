@@ -81,6 +81,11 @@ ACCELERATOR_COLUMN_BUDGET_BYTES = 256 * 2**20
 #: comparisons (``benchmarks/gpu.py`` mode ``bf16-gather``); both compute the same function.
 USE_TRITON = True
 
+# Sampling-table sizes (rows) up to which the gather indices fit int32 and in-plane corner positions are
+# exact float32 integers; beyond them int64 indices and float64 positions are used.
+_INT32_INDEX_ROWS = 2**31 - 1
+_FLOAT32_EXACT_ROWS = 2**24
+
 #: ``epilogue(product, b, rows)`` of :func:`deform_conv2d_rows`: the ``(len(rows)·Wo, O)`` outputs of
 #: sample ``b``'s output rows ``rows``.
 RowEpilogue = Callable[[torch.Tensor, int, slice], None]
@@ -380,11 +385,7 @@ def _gather_and_multiply(
     outputs = []
     for start in range(0, out_h, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, out_h))
-        chunk = (
-            _positions(base_y[rows], base_x),
-            offset[:, :, rows],
-            None if mask is None else mask[:, :, rows],
-        )
+        chunk = (base_y[rows], base_x, offset[:, :, rows], None if mask is None else mask[:, :, rows])
         if recompute:
             out = checkpoint(
                 _sample_and_multiply,
@@ -434,9 +435,7 @@ def _gather_and_multiply_nhwc(
     for start in range(0, out_h, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, out_h))
         columns = sampler(
-            _positions(base_y[rows], base_x),
-            offset[:, :, rows],
-            None if mask is None else mask[:, :, rows],
+            base_y[rows], base_x, offset[:, :, rows], None if mask is None else mask[:, :, rows]
         )  # (B, 1, R·Wo, K·C)
         for b in range(batch):
             if out is None:
@@ -458,7 +457,8 @@ def _gather_and_multiply_nhwc(
 def _sample_and_multiply(
     sampler: _GatherSampler,
     group_weight: torch.Tensor,
-    base: torch.Tensor,
+    base_y: torch.Tensor,
+    base_x: torch.Tensor,
     offset: torch.Tensor,
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
@@ -467,7 +467,7 @@ def _sample_and_multiply(
     # (G, O, K·Cg) @ (B, G, K·Cg, L), the columns transposed in place -> (B, G, O, L): the output comes out
     # NCHW, and at chunks of a few thousand columns this GEMM is as fast as (L, K·Cg) @ (K·Cg, O), which
     # would need a transposing copy of the output.
-    columns = sampler(base, offset, mask).transpose(-1, -2)
+    columns = sampler(base_y, base_x, offset, mask).transpose(-1, -2)
     if batch == 1 and groups == 1:
         return torch.mm(group_weight[0], columns[0, 0])[None]
     out = torch.matmul(group_weight, columns)
@@ -490,48 +490,61 @@ class _GatherSampler:
             .reshape(batch * groups * plane, channels // groups)
             .contiguous()  # rows must be contiguous (for B = G = 1 the reshape is a column-major view)
         )
-        # First table row of each (batch, group) plane, shaped to broadcast against (B, G, R, Wo, K); the
-        # +1s move pixel (-1, -1) to row 0 of its plane.
-        self.row_start = (torch.arange(batch * groups, device=x.device) * plane + self.padded_w + 1).view(
-            batch, groups, 1, 1, 1
-        )
-        # Table-row steps of one pixel down and one pixel right, and the four corners (top-left, top-right,
-        # bottom-left, bottom-right) relative to the top-left one.
-        # Built on the device from arange (not torch.tensor of a list): no host-to-device copy, so a CUDA
-        # graph can capture the forward.
-        pair = torch.arange(2, device=x.device)  # [0, 1]
-        self.row_step = self.padded_w - (self.padded_w - 1) * pair  # [padded_w, 1]
+        self.height, self.width = height, width
+        # Table rows of the four corners (top-left, top-right, bottom-left, bottom-right) of a sample whose
+        # top-left corner is pixel (0, 0), for each (batch, group) plane: (B, G, 1, 1, 1, 4), broadcasting
+        # against the samples (B, G, R, Wo, K) and their corners. The +1s move pixel (-1, -1) to row 0 of
+        # its plane. Built on the device from arange (not torch.tensor of a list): no host-to-device
+        # copy, so a CUDA graph can capture the forward.
+        rows = batch * groups * plane
+        # 4-byte indices where they reach every row: embedding_bag reads them as fast, and the index
+        # bookkeeping writes half the bytes.
+        self.index_dtype = torch.int32 if rows <= _INT32_INDEX_ROWS else torch.int64
         corner = torch.arange(4, device=x.device)
-        self.corner_step = (corner // 2) * self.padded_w + corner % 2  # [0, 1, padded_w, padded_w + 1]
+        plane_start = torch.arange(batch * groups, device=x.device) * plane + self.padded_w + 1
+        self.corner_rows = (
+            (plane_start[:, None] + (corner // 2) * self.padded_w + corner % 2)
+            .to(self.index_dtype)
+            .view(batch, groups, 1, 1, 1, 4)
+        )
+        # In-plane corner positions are integers below the plane size: exact in float32 up to 2^24
+        # (maps up to ~4000 x 4000), in float64 beyond.
         coord_dtype = torch.promote_types(x.dtype, torch.float32)
-        self.size = (height + (width - height) * pair).to(coord_dtype)  # [height, width], exact integers
+        self.position_dtype = coord_dtype if plane <= _FLOAT32_EXACT_ROWS else torch.float64
 
-    def __call__(self, base: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Samples at ``base + offset`` -> columns ``(B, G, R·Wo, K·Cg)``.
+    def __call__(
+        self, base_y: torch.Tensor, base_x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Samples at ``(base_y, base_x) + offset`` -> columns ``(B, G, R·Wo, K·Cg)``.
 
-        ``base`` (R, Wo, K, 2) holds the integer (y, x) kernel-point positions, ``offset``
-        (B, G, R, Wo, K, 2) the offsets, ``mask`` (B, G, R, Wo, K) or ``None``.
+        ``base_y`` (R, 1, K) and ``base_x`` (1, Wo, K) hold the integer kernel-point rows and columns,
+        ``offset`` (B, G, R, Wo, K, 2) the (dy, dx) offsets, ``mask`` (B, G, R, Wo, K) or ``None``.
         """
         batch, groups, n_rows, out_w, n_points, _ = offset.shape
         # Outside [-1, H] x [-1, W] every corner is outside the image: clamping puts such samples on the
-        # zero border with zero gradient, as torchvision returns zero there.
-        offset = torch.clamp(offset, -1 - base, self.size - base)
+        # zero border with zero gradient, as torchvision returns zero there. Each coordinate alone, so
+        # the bounds broadcast from the small base tensors instead of being built at full size.
+        dy = torch.clamp(offset[..., 0], -1 - base_y, self.height - base_y)
+        dx = torch.clamp(offset[..., 1], -1 - base_x, self.width - base_x)
         with torch.no_grad():
-            floor = offset.floor()
-            # Integer-valued, so exact. A NaN offset reads a valid (border) row; its NaN weights still make
-            # the output NaN.
-            pixel = (base + floor).nan_to_num_(-1).to(torch.int64)
-            index = (pixel * self.row_step).sum(dim=-1) + self.row_start
-            index = index.unsqueeze(-1) + self.corner_step
+            floor_y, floor_x = dy.floor(), dx.floor()
+            # Top-left corner's row relative to pixel (0, 0) of its plane: (y0 * padded_w + x0), integers
+            # computed exactly in floating point. A NaN offset reads a valid (border) row, pixel (-1, -1);
+            # its NaN weights still make the output NaN.
+            pw = self.padded_w
+            start = torch.add(base_x.to(self.position_dtype), base_y.to(self.position_dtype), alpha=pw)
+            top_left = torch.add(floor_x.to(self.position_dtype), floor_y.to(self.position_dtype), alpha=pw)
+            top_left = top_left.add_(start).nan_to_num_(-1 - pw)
+            index = top_left.to(self.index_dtype).unsqueeze(-1) + self.corner_rows
         # The fractional part of a float is exact; taking it from the offset rather than from the absolute
         # position avoids rounding the position to the precision of its magnitude (torchvision's float32
         # kernel rounds a position near 256 to 2^-16 pixel).
-        frac_y, frac_x = (offset - floor).unbind(dim=-1)
+        frac_y, frac_x = dy - floor_y, dx - floor_x
         near_y, far_y = 1 - frac_y, frac_y
         if mask is not None:
             near_y, far_y = near_y * mask, far_y * mask
         near_x, far_x = 1 - frac_x, frac_x
-        # Corners in corner_step order. Four products of (..., K) tensors, stacked: a broadcast
+        # Corners in corner_rows order. Four products of (..., K) tensors, stacked: a broadcast
         # (..., 2, 1) * (..., 1, 2) product runs its inner loop over 2 elements and cost 3x more.
         weights = torch.stack([near_y * near_x, near_y * far_x, far_y * near_x, far_y * far_x], dim=-1).to(
             self.table.dtype
