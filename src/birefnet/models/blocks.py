@@ -166,8 +166,10 @@ class _ASPPHead(nn.Module):
         broadcast pooled vector, then the 1x1 ``conv1``. Inference computes the same 1x1 product
         as a sum of per-branch products, each branch freed once used, and the pooled branch
         (constant over space) as a per-channel bias: the (B, 256 * n, H, W) concatenation
-        (335 MB for swin_v1_l's first decoder block at 1024x1024) is never built. Equal up to float
-        summation order.
+        (335 MB for swin_v1_l's first decoder block at 1024x1024) is never built. At CPU inference
+        each deformable branch goes further: its output never exists at full size, only as
+        cache-sized chunks normalised, rectified and projected as they are computed
+        (:func:`_fused_deformable_branch`). Equal up to float summation order.
         """
         pooled = self.global_avg_pool(x)
         if self.training:

@@ -25,13 +25,20 @@ How it is computed (eager mode):
    are recomputed in the backward pass instead of kept (torch.utils.checkpoint), so training memory
    stays at the size of the inputs, as with torchvision's kernel.
 
-For k = 7 the sampling and its bookkeeping are ~15 % of the time and the GEMM the rest: it has exactly the
+The offsets and mask are read in place when they are channels-last (the convolution of a channels-last
+input gives them so), and the gather indices are int32 where the table allows.
+
+For k = 7 the sampling and its bookkeeping are ~10 % of the time and the GEMM the rest: it has exactly the
 FLOPs of the plain convolution. At inference (one offset group, no autograd) the product is
 ``columns @ weight^T`` written into a channels-last output, which MKL runs at the GEMM peak (on
 AVX-512 CPUs oneDNN computes it faster, and each chunk is copied in; :mod:`birefnet.models.onednn`); the
 transposed form used with autograd is ~12 % slower.
 On one CPU thread the 20 deformable convolutions of a 1024x1024 BiRefNet forward cost 1.35x the plain
 convolutions of the same shapes (benchmarks/deform_conv.py).
+
+When the output is only an intermediate, :func:`deform_conv2d_rows` hands each chunk's product to a
+callback instead of writing an output tensor: BiRefNet's ASPP blocks normalise, rectify and project
+every deformable branch that way at CPU inference (:mod:`birefnet.models.blocks`).
 
 On CUDA in float16/bfloat16 inference (Triton installed, one offset group, no autograd), one fused Triton
 kernel (:mod:`birefnet.models._deform_triton`) samples and multiplies without a column tensor: 5.6x faster
@@ -138,15 +145,12 @@ def deform_conv2d(
     Raises:
         ValueError: If the shapes are inconsistent (the message says which tensor and what was expected).
     """
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    _check_shapes(x, offset, weight, bias, mask, (sh, sw), (ph, pw), (dh, dw))
-    batch, channels, height, width = x.shape
+    (sh, sw), (ph, pw), (dh, dw), (out_h, out_w) = _geometry(
+        x, offset, weight, bias, mask, stride, padding, dilation
+    )
+    batch, channels = x.shape[:2]
     out_channels, _, kh, kw = weight.shape
     n_points = kh * kw
-    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     groups = offset.shape[1] // (2 * n_points)
 
     group_channels = channels // groups
@@ -175,6 +179,28 @@ def deform_conv2d(
     if bias is not None:
         out = out + bias.to(out.dtype).view(1, out_channels, 1, 1)
     return out
+
+
+def _geometry(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
+    dilation: int | tuple[int, int],
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Stride, padding and dilation as pairs, and the output size ``(Ho, Wo)``, after checking the shapes."""
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    _check_shapes(x, offset, weight, bias, mask, (sh, sw), (ph, pw), (dh, dw))
+    height, width = x.shape[-2:]
+    kh, kw = weight.shape[-2:]
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return (sh, sw), (ph, pw), (dh, dw), (out_h, out_w)
 
 
 def _check_shapes(
@@ -272,21 +298,18 @@ def deform_conv2d_rows(
         ValueError: for inconsistent shapes (see :func:`deform_conv2d`), more than one offset group,
             or inputs that need gradients (the chunks are not kept for a backward pass).
     """
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    _check_shapes(x, offset, weight, None, mask, (sh, sw), (ph, pw), (dh, dw))
-    _, channels, height, width = x.shape
+    stride, padding, dilation, (out_h, out_w) = _geometry(
+        x, offset, weight, None, mask, stride, padding, dilation
+    )
+    channels = x.shape[1]
     out_channels, _, kh, kw = weight.shape
     if offset.shape[1] != 2 * kh * kw:
         raise ValueError(f"deform_conv2d_rows takes one offset group, got {offset.shape[1] // (2 * kh * kw)}")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, offset, mask)):
         raise ValueError("deform_conv2d_rows is for inference: run it under torch.inference_mode()")
-    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     weight = weight.to(x.dtype)
     offset, mask, base_y, base_x = _sampling_grid(
-        x, offset, mask, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (out_h, out_w)
+        x, offset, mask, (kh, kw), stride, padding, dilation, (out_h, out_w)
     )
     rows_per_chunk = _rows_per_chunk(x, out_h, out_w, kh * kw * channels, out_channels)
     _gather_and_multiply_nhwc(
