@@ -20,7 +20,7 @@ ASPP_PLANES = 256  # width of every ASPP branch (official ``in_channelster``)
 
 #: At CPU inference, each deformable ASPP branch is normalised, rectified and projected chunk by chunk
 #: as its deformable convolution produces it (:func:`_fused_deformable_branch`). A switch for
-#: comparisons (``benchmarks/fused_aspp.py``); both paths compute the same function.
+#: comparisons (``benchmarks/ab_switch.py --switch fused-aspp``); both paths compute the same function.
 FUSE_DEFORMABLE_BRANCHES = True
 
 

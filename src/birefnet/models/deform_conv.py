@@ -329,10 +329,10 @@ def _sampling_grid(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Offsets and mask in sampling order, and the kernel-point positions without offsets.
 
-    Returns ``(B, G, Ho, Wo, K, 2)`` offsets and ``(B, G, Ho, Wo, K)`` mask (or None), in memory in that
-    order (the order the samples are produced in, so every tensor derived from them is contiguous
-    too; these copies are 3 values per kernel point, against C/G per kernel point for the samples),
-    in float32 at least (sampling coordinates need more than float16's 11 significant bits; float64
+    Returns ``(B, G, Ho, Wo, K, 2)`` offsets and ``(B, G, Ho, Wo, K)`` mask (or None) with each pixel's
+    values together in memory (the order the samples are produced in, so every tensor derived from
+    them is contiguous): views of channels-last inputs, else reordered copies (3 values per kernel
+    point, against C/G per kernel point for the samples), in float32 at least (sampling coordinates need more than float16's 11 significant bits; float64
     stays float64), and the integer positions of the kernel points as rows ``(Ho, 1, K)`` and
     columns ``(1, Wo, K)``.
     """
