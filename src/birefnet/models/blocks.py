@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from birefnet.models import onednn
 from birefnet.models.deform_conv import DeformableConv2d
 
 ASPP_PLANES = 256  # width of every ASPP branch (official ``in_channelster``)
@@ -203,7 +204,6 @@ def _rows_fusable(branch: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`_fused_deformable_branch` may run ``branch`` on ``x``: a deformable ASPP branch with
     an eval-mode BatchNorm (or none), at CPU inference outside export/compile tracing and autocast
     (whose lower-precision products could not be accumulated in place into the output)."""
-    from birefnet.models import onednn
     from birefnet.models.backbones.swin import is_tracing
 
     return (

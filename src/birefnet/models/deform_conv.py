@@ -461,19 +461,15 @@ def _gather_and_multiply_nhwc(
             base_y[rows], base_x, offset[:, :, rows], None if mask is None else mask[:, :, rows]
         )  # (B, 1, R·Wo, K·C)
         for b in range(batch):
-            if out is None:
-                assert epilogue is not None
-                if weight_rows is None:
-                    product = torch.mm(columns[b, 0], weight_t)
-                else:
-                    product = onednn.linear(columns[b, 0], weight_rows, None)
-                epilogue(product, b, rows)
-                continue
-            target = out[b, rows].view(-1, out_channels)
+            target = None if out is None else out[b, rows].view(-1, out_channels)
             if weight_rows is None:
-                torch.mm(columns[b, 0], weight_t, out=target)
+                product = torch.mm(columns[b, 0], weight_t, out=target)
             else:
-                target.copy_(onednn.linear(columns[b, 0], weight_rows, None))
+                product = onednn.linear(columns[b, 0], weight_rows, None)
+                if target is not None:
+                    target.copy_(product)
+            if epilogue is not None:
+                epilogue(product, b, rows)
     return None if out is None else out.permute(0, 3, 1, 2)
 
 
