@@ -11,8 +11,9 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``bf16-cl``: bf16 with the model and the input in channels-last memory format;
 * ``bf16-tvdeform``: bf16 with torchvision's CUDA deformable-convolution kernel in place of ours (a
   comparison only; needs torchvision there);
-* ``bf16-weights``, ``bf16-weights-graph``: the model's weights and input converted to bf16, no autocast
-  (no casts, LayerNorm and the residual stream in bf16: less exact than autocast; measure before use);
+* ``bf16-weights``, ``bf16-weights-graph``, ``fp16-weights``, ``fp16-weights-graph``,
+  ``bf16-weights-compile``, ``bf16-weights-compile-graph``: the model's weights and input converted to bf16 (fp16), no autocast (no
+  casts, LayerNorm and the residual stream in that type: less exact than autocast; measure before use);
 * ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
   per-kernel launch cost of the Python forward; static input size);
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
@@ -61,7 +62,18 @@ MODES = (
     "bf16-compile-graph",
     "bf16-weights",
     "bf16-weights-graph",
+    "fp16-weights",
+    "fp16-weights-graph",
+    "bf16-weights-compile",
+    "bf16-weights-compile-graph",
 )
+
+
+def _weights_dtype(mode: str) -> torch.dtype | None:
+    """The dtype a ``*-weights*`` mode converts the model to, else None."""
+    if "-weights" not in mode:
+        return None
+    return torch.float16 if mode.startswith("fp16") else torch.bfloat16
 
 
 def _sync(device: torch.device) -> None:
@@ -96,11 +108,11 @@ def _autocast(mode: str, device: torch.device) -> contextlib.AbstractContextMana
     # The autocast weight-cast cache must be off while a CUDA graph is captured (its casts would be
     # captured once and the cache cleared after), so graph modes cast inside the graph instead.
     cache = "graph" not in mode
-    if mode.startswith("bf16-weights"):  # the model itself is bf16: nothing to cast
+    if _weights_dtype(mode) is not None:  # the model itself is bf16 / fp16: nothing to cast
         return contextlib.nullcontext()
     if mode.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
-    if mode == "fp16":
+    if mode.startswith("fp16"):
         return torch.autocast(device.type, dtype=torch.float16, cache_enabled=cache)
     return contextlib.nullcontext()
 
@@ -157,19 +169,21 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x1, xb = (t.contiguous(memory_format=torch.channels_last) for t in (x1, xb))
         net = model
-    if mode.startswith("bf16-weights"):
-        model = copy.deepcopy(model).to(torch.bfloat16)
-        x1, xb = x1.to(torch.bfloat16), xb.to(torch.bfloat16)
+    dtype = _weights_dtype(mode)
+    if dtype is not None:
+        model = copy.deepcopy(model).to(dtype)
+        x1, xb = x1.to(dtype), xb.to(dtype)
         net = model
     if "compile" in mode:
         net = torch.compile(model, dynamic=False, mode="reduce-overhead" if mode.endswith("graph") else None)
+    graph = "graph" in mode and "compile" not in mode
 
     def run(x: torch.Tensor, net=net) -> torch.Tensor:
         with torch.inference_mode(), _autocast(mode, device):
             return net(x).logits
 
     row: dict = {"mode": mode}
-    forwards = {}
+    probs: dict[str, torch.Tensor] = {}
     sizes = [("b1", x1)] if not args.skip_b1 else []
     for name, x in [*sizes, (f"b{args.batch}", xb)]:
         _reset_peak(device)
@@ -179,7 +193,7 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
             fn()
             _sync(device)
             row[f"compile_s_{name}"] = time.perf_counter() - t0
-        elif mode.endswith("graph"):
+        elif graph:
             if device.type != "cuda":
                 raise RuntimeError("CUDA graphs need a CUDA device")
             fn = _graphed(run, x)
@@ -190,13 +204,16 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
             row["latency_ms_b1"] = seconds * 1000
         else:
             row[f"images_per_s_{name}"] = args.batch / seconds
-        forwards[name] = fn
+        # The batch's first image is the batch-1 input: each forward gives probabilities to compare. Taken
+        # right after this size's timing: a graph captured for one size is not replayed after the next
+        # size's capture (on an H100, 2026-11-27, replaying the batch-1 graph after the batch-8 capture
+        # hit an illegal memory access).
+        with torch.inference_mode():
+            probs[name] = fn()[:1].float().sigmoid().clone()
+        _sync(device)
         done = {k: round(v, 3) for k, v in row.items() if k != "mode" and v is not None}
         print(f"  {mode} {name}: {done}", flush=True)  # partial results, in case a time limit stops the run
-    with torch.inference_mode():
-        # The batch's first image is the batch-1 input: either forward gives the probabilities to compare.
-        first = forwards["b1"]() if "b1" in forwards else forwards[f"b{args.batch}"]()[:1]
-        row["_prob"] = first.float().sigmoid().clone()
+    row["_probs"] = probs
     return row
 
 
@@ -228,6 +245,9 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
     device time (torch.profiler) for one eager forward of ``x`` in ``mode``."""
     device = x.device
     _set_tf32(False)
+    dtype = _weights_dtype(mode)
+    if dtype is not None:  # the whole model in that type (see the *-weights modes)
+        model, x = copy.deepcopy(model).to(dtype), x.to(dtype)
     events: dict[str, list] = {}
     handles = []
     groups = _module_groups(model) if device.type == "cuda" else {}  # CUDA events need a CUDA device
@@ -294,7 +314,7 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         nargs="*",
-        choices=("bf16", "fp32"),
+        choices=("bf16", "fp32", "bf16-weights"),
         help="after the modes, profile one eager forward at the throughput batch in these modes",
     )
     ap.add_argument("--json", help="also write the results to this file (rewritten after every mode)")
@@ -342,9 +362,12 @@ def main() -> None:
             row = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"[:400]}
             print(f"{mode:18s} FAILED {row['error']}", flush=True)
         else:
-            prob = row.pop("_prob")
-            row["max_abs_prob_diff"] = float((prob - reference).abs().max())
-            row["decision_flip_fraction"] = float(((prob > 0.5) != (reference > 0.5)).float().mean())
+            probs = row.pop("_probs")
+            for name, prob in probs.items():  # the batch-1 forward's under the plain keys, where it ran
+                suffix = "" if name == next(iter(probs)) else f"_{name}"
+                row[f"max_abs_prob_diff{suffix}"] = float((prob - reference).abs().max())
+                flips = ((prob > 0.5) != (reference > 0.5)).float().mean()
+                row[f"decision_flip_fraction{suffix}"] = float(flips)
             bkey = f"images_per_s_b{args.batch}"
             compile_s = [f"{row[k]:.0f}" for k in row if k.startswith("compile_s")]
 
@@ -356,6 +379,12 @@ def main() -> None:
                 f"b{args.batch} {row.get(bkey, float('nan')):7.1f} img/s   "
                 f"peak b1 {gb('peak_gpu_gb_b1')} GB, b{args.batch} {gb(f'peak_gpu_gb_b{args.batch}')} GB   "
                 f"max|dp| {row['max_abs_prob_diff']:.2e}   flips {row['decision_flip_fraction']:.2e}"
+                + (
+                    f" (b{args.batch}: {row[f'max_abs_prob_diff_b{args.batch}']:.2e}, "
+                    f"{row[f'decision_flip_fraction_b{args.batch}']:.2e})"
+                    if f"max_abs_prob_diff_b{args.batch}" in row
+                    else ""
+                )
                 + (f"   compile {'/'.join(compile_s)} s" if compile_s else ""),
                 flush=True,
             )

@@ -409,6 +409,29 @@ def test_attention_on_real_query_rows_equals_all_rows(h: int, w: int, shift: int
     torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
 
+def test_swin_block_under_autocast_casts_once_before_the_gather() -> None:
+    """Under autocast the normalised tokens are cast to the autocast dtype before the window gather
+    (the qkv Linear would cast them anyway): the block's output equals the one computed with the cast
+    left to the Linear, i.e. on the traceable path's order of operations up to attention rounding."""
+    from birefnet.models.backbones import swin
+
+    torch.manual_seed(0)
+    stage = swin.SwinStage(16, 2, 2, 6, 4.0, [0.0, 0.0], downsample=False).eval()
+    x = torch.randn(2, 14, 14, 16)
+    seen = []
+    hook = stage.blocks[1].attn.qkv.register_forward_pre_hook(lambda _m, a: seen.append(a[0].dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = stage(x)
+        mask = swin.shifted_window_mask(3, 3, 6, 3, device=x.device, dtype=torch.float32)
+        ref = x
+        for block in stage.blocks:
+            ref = block.forward_traceable(ref, mask)
+    hook.remove()
+    # the gathered windows reach qkv already cast (the traceable path leaves the cast to the Linear)
+    assert seen == [torch.bfloat16, torch.float32]
+    assert rel_error(ours.float(), ref.float()) < 2e-2
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 @pytest.mark.parametrize(("side", "dim", "heads", "window"), [(64, 96, 3, 12), (20, 32, 2, 7)])
 @pytest.mark.parametrize("qkv_max_bytes", [0, 2**40])

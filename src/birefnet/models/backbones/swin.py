@@ -641,6 +641,10 @@ class SwinBlock(nn.Module):
         # after the gather instead: projecting first holds the unpadded and the gathered 3C-wide
         # tensors at once (+100 MB at swin_v1_l's first stage), for a saving of a few percent.
         tokens = self.norm1(x).reshape(b, h * w, c)
+        if type(self.attn.qkv) is nn.Linear and torch.is_autocast_enabled(x.device.type):
+            # Autocast runs LayerNorm in float32 and the qkv Linear would cast its input to the autocast
+            # dtype anyway: cast before the gather and the padding, so they move half the bytes.
+            tokens = tokens.to(torch.get_autocast_dtype(x.device.type))
         n_pad = 0 if layout.pad_slots is None else layout.pad_slots.numel()
         gather_first = n_pad * 8 < h * w
         # With oneDNN (fused), qkv comes out fresh where that output is moderate, else it is copied in
