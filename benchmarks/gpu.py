@@ -14,6 +14,9 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``bf16-weights``, ``bf16-weights-graph``, ``fp16-weights``, ``fp16-weights-graph``,
   ``bf16-weights-compile``, ``bf16-weights-compile-graph``: the model's weights and input converted to bf16 (fp16), no autocast (no
   casts, LayerNorm and the residual stream in that type: less exact than autocast; measure before use);
+* ``fp16-weights-optimize``: what ``Predictor(precision="fp16", optimize="half-weights,cuda-graph")`` runs:
+  the fp16 model through :class:`birefnet.models.optimize.CudaGraphs` (captured on the second call of a
+  size, one size kept);
 * ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
   per-kernel launch cost of the Python forward; static input size);
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
@@ -66,6 +69,7 @@ MODES = (
     "fp16-weights-graph",
     "bf16-weights-compile",
     "bf16-weights-compile-graph",
+    "fp16-weights-optimize",
 )
 
 
@@ -177,6 +181,10 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
     if "compile" in mode:
         net = torch.compile(model, dynamic=False, mode="reduce-overhead" if mode.endswith("graph") else None)
     graph = "graph" in mode and "compile" not in mode
+    if mode.endswith("-optimize"):  # the package's CudaGraphs wrapper (the Predictor's cuda-graph option)
+        from birefnet.models.optimize import CudaGraphs
+
+        net, graph = CudaGraphs(model), False
 
     def run(x: torch.Tensor, net=net) -> torch.Tensor:
         with torch.inference_mode(), _autocast(mode, device):

@@ -271,6 +271,105 @@ def test_predictor_optimize_option():
         Predictor(model, size=64, device="cpu", optimize="turbo")
 
 
+def test_half_weights_predictor_runs_the_half_model_and_falls_back_to_the_fp32_weights(caplog):
+    """half_weights: the model is converted to the precision's type and fed inputs of it (no autocast);
+    non-finite outputs bring back the exact float32 weights, not the rounded ones."""
+    import copy
+    import logging
+
+    import numpy as np
+
+    from birefnet.inference import Predictor
+
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0"))
+    _randomise(model)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = Predictor(copy.deepcopy(model), size=64, device="cpu")
+    half = Predictor(model, size=64, device="cpu", precision="bf16", optimize="half-weights")
+    assert model.decoder.conv_out1[0].weight.dtype == torch.bfloat16
+    assert "half-weights" in half.describe()
+    seen = []
+    model.register_forward_pre_hook(lambda _m, a: seen.append((a[0].dtype, torch.is_autocast_enabled("cpu"))))
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    ref = plain.predict(rgb)
+    autocast = Predictor(copy.deepcopy(plain.model), size=64, device="cpu", precision="bf16")
+    # bf16 rounding of these random weights: the half model lands as far from fp32 as autocast does
+    assert np.abs(half.predict(rgb) - ref).max() < 2 * np.abs(autocast.predict(rgb) - ref).max() + 0.02
+    assert seen == [(torch.bfloat16, False)]
+    # a non-finite output: the float32 weights come back and the Predictor stays in fp32
+    real_logits = half._logits
+    half._logits = lambda x, p: real_logits(x, p) + (float("inf") if p != "fp32" else 0.0)
+    with caplog.at_level(logging.WARNING, logger="birefnet.inference"):
+        out = half.predict(rgb)
+    assert half.precision == "fp32" and half.optimizations == ()
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert np.abs(out - ref).max() < 1e-6
+    with pytest.raises(ValueError, match="--precision fp16 or bf16"):
+        Predictor(
+            BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")), size=64, device="cpu", optimize="half-weights"
+        )
+
+
+def test_cuda_graph_wrapper_captures_on_the_second_call_and_hands_out_copies(monkeypatch):
+    """CudaGraphs without CUDA: the capture is replaced by one that re-runs the recorded forward, so the
+    bookkeeping is checked: eager first call, capture on the second, static input refreshed, outputs
+    cloned, one graph per shape/dtype/autocast key, least recently used dropped."""
+    from birefnet.models import optimize
+    from birefnet.models.output import BiRefNetOutput
+
+    captures = []
+
+    def fake_capture(run, device):
+        captures.append(torch.is_autocast_cache_enabled())
+        static_out = run()  # the capture call; "replay" recomputes into its output, as a graph would
+
+        def replay():
+            static_out.logits.copy_(run().logits)
+
+        return replay
+
+    monkeypatch.setattr(optimize, "capture_cuda_graph", fake_capture)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return BiRefNetOutput(logits=x * 2)
+
+    net = Net()
+    graphs = optimize.CudaGraphs(net, max_graphs=2)
+    x = torch.randn(1, 3, 4, 4)
+    with torch.inference_mode():
+        first = graphs(x)
+        assert net.calls == 1 and not graphs._graphs  # eager
+        second = graphs(x + 1)
+        assert len(graphs._graphs) == 1 and captures == [False]
+        third = graphs(x + 2)
+        torch.testing.assert_close(third.logits, (x + 2) * 2)
+        torch.testing.assert_close(second.logits, (x + 1) * 2)  # a copy, not the static output
+        torch.testing.assert_close(first.logits, x * 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # another key: eager first, then captured
+            graphs(x)
+            graphs(x)
+        graphs(torch.randn(2, 3, 4, 4))
+        graphs(torch.randn(2, 3, 4, 4))
+    assert len(graphs._graphs) == 2 and captures == [False, False, False]
+    assert (tuple(x.shape), x.dtype, "cpu", None) not in graphs._graphs  # the oldest was dropped
+
+
+def test_cuda_graph_refusals():
+    with pytest.raises(ValueError, match="CUDA device"):
+        optimize_for_inference(torch.nn.Linear(2, 2), "cuda-graph", device="cpu")
+    with pytest.raises(ValueError, match="not both"):
+        optimize_for_inference(torch.nn.Linear(2, 2), "cuda-graph,compile", device="cuda")
+    with pytest.raises(ValueError, match="do not combine"):
+        optimize_for_inference(torch.nn.Linear(2, 2), "half-weights,int8", half_dtype=torch.bfloat16)
+
+
 def test_device_window_layout_cache_equals_per_call_build():
     """The per-device cached layout (used on accelerators, so a forward makes no host-to-device copies
     and a CUDA graph can capture it) holds the same tensors as the CPU's per-call build."""

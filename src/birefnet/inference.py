@@ -291,9 +291,11 @@ class Predictor:
             ONNX Runtime (``model`` or ``weights`` is the .onnx path; chosen automatically for
             files ending in .onnx). Pre- and post-processing are the same; ``precision`` and
             ``patch_order`` are fixed in the file; ``device`` picks the ONNX Runtime provider.
-        optimize: opt-in inference optimisations that are not exact, a comma-separated string or
-            names from ``channels_last``, ``compile``, ``int8`` (see
-            :mod:`birefnet.models.optimize`; speed and output differences in docs/performance.md).
+        optimize: opt-in inference optimisations, a comma-separated string or names from
+            ``channels_last``, ``compile``, ``int8`` (not exact), ``half_weights`` (with fp16/bf16
+            ``precision``: the model converted to that type instead of autocast) and ``cuda_graph``
+            (CUDA: each input shape replayed from a captured graph; exact). See
+            :mod:`birefnet.models.optimize`; speed and output differences in docs/performance.md.
             Torch backend only.
 
     Not thread-safe: use one Predictor per thread, or call it from one thread.
@@ -337,8 +339,17 @@ class Predictor:
         self.optimizations = parse_optimizations(optimize)
         if self.optimizations and self.backend == "onnx":
             raise ValueError("optimize applies to the torch backend; an ONNX file is run as exported")
+        # half_weights converts the model in place: keep the float32 weights (on the CPU) for the fp32
+        # fallback on non-finite outputs.
+        self._fp32_weights: dict[str, torch.Tensor] | None = None
+        if "half_weights" in self.optimizations and self.precision != "fp32":
+            self._fp32_weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
         # what forward passes call; self.model stays the plain module (its attributes are read below)
-        self._forward = optimize_for_inference(self.model, self.optimizations, self.device)
+        self._forward = optimize_for_inference(
+            self.model, self.optimizations, self.device, half_dtype=PRECISIONS.get(self.precision)
+        )
         if self.spec is not None and not self.spec.commercial:
             logger.warning(
                 "%s: the weights are licensed %s and may NOT be used commercially (%s)",
@@ -455,7 +466,7 @@ class Predictor:
                     self.precision,
                     self.device,
                 )
-                self.precision = "fp32"
+                self._to_fp32()
                 logits = self._logits(x, "fp32")
             if not bool(torch.isfinite(logits).all()):
                 raise FloatingPointError(
@@ -465,9 +476,22 @@ class Predictor:
             probs = logits.float().sigmoid()[:, 0]
         return probs.cpu()
 
+    def _to_fp32(self) -> None:
+        """Run in fp32 from now on: with ``half_weights``, the model gets its float32 weights back."""
+        self.precision = "fp32"
+        if self._fp32_weights is not None:
+            from birefnet.models.optimize import optimize_for_inference
+
+            self.model.float().load_state_dict(self._fp32_weights)
+            self._fp32_weights = None
+            self.optimizations = tuple(o for o in self.optimizations if o != "half_weights")
+            self._forward = optimize_for_inference(self.model, self.optimizations, self.device)
+
     def _logits(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         if precision == "fp32":
             return self._forward(x).logits
+        if self._fp32_weights is not None:  # half_weights: the model is in the half type, no autocast
+            return self._forward(x.to(PRECISIONS[precision])).logits
         with torch.autocast(device_type=self.device.type, dtype=PRECISIONS[precision]):
             return self._forward(x).logits
 

@@ -74,7 +74,8 @@ MODEL_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "--optimize",
         {
             "metavar": "LIST",
-            "help": "opt-in, not exact: comma-separated channels-last, compile, int8 (docs/performance.md)",
+            "help": "opt-in: comma-separated channels-last, compile, int8, half-weights, cuda-graph "
+            "(docs/performance.md)",
         },
     ),
     "threads": (
