@@ -13,8 +13,9 @@ compile) it prints, measured in one run on this machine:
     python benchmarks/options.py                                  # swin_v1_t at 512x512
     python benchmarks/options.py --variant swin_v1_l --size 1024 --options channels-last int8
 
-bf16/fp16 run under CPU autocast (the Predictor's ``precision``); on CPUs without native bf16/fp16
-arithmetic (AVX2 only, as here) they are emulated and slow, which the table then shows.
+bf16/fp16 run under CPU autocast (the Predictor's ``precision``); bf16-weights/fp16-weights convert the
+whole model instead (the Predictor's ``half-weights``). On CPUs without native bf16/fp16 arithmetic
+(AVX2 only) they are emulated and slow, which the table then shows.
 Set BIREFNET_SHARED to the reference folder when it is not ../shared beside the checkout.
 """
 
@@ -40,6 +41,10 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def runner(model: torch.nn.Module, option: str):
     """A callable x -> logits for ``option`` ("fp32", "bf16", "fp16" or optimisation names joined by '+')."""
+    if option.endswith("_weights") and option[:4] in AUTOCAST:  # the whole model in bf16/fp16 (half-weights)
+        dtype = AUTOCAST[option[:4]]
+        model.to(dtype)
+        return lambda x: model(x.to(dtype)).logits.float()
     if option in AUTOCAST:
         dtype = AUTOCAST[option]
 

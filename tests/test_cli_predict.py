@@ -373,3 +373,22 @@ def test_failed_writes_and_interrupts_leave_no_partial_files(weights, tmp_path, 
     assert len(written) == 1 and Image.open(written[0]).size == (30, 20)
     assert not leftovers(out2) and not list(tmp_path.glob(".m.jsonl*"))
     assert [r["status"] for r in read_manifest(manifest)] == ["ok"]
+
+
+def test_half_weights_and_cuda_graph_flags(weights, tmp_path, capsys):
+    """--precision bf16 --optimize half-weights runs the bf16 model (a mask close to fp32's); cuda-graph
+    and half-weights without a reduced precision are refused with one line that says what to change."""
+    img = tmp_path / "a.png"
+    Image.fromarray(rgb(48, 40)).save(img)
+    assert predict(weights, str(img), "-o", str(tmp_path / "fp32")) == 0
+    assert predict(weights, str(img), "-o", str(tmp_path / "bf16"), "--precision", "bf16",
+                   "--optimize", "half-weights") == 0  # fmt: skip
+    fp32 = np.asarray(Image.open(tmp_path / "fp32" / "a.png"), dtype=np.int16)
+    bf16 = np.asarray(Image.open(tmp_path / "bf16" / "a.png"), dtype=np.int16)
+    assert fp32.shape == bf16.shape and np.abs(fp32 - bf16).max() <= 8
+    capsys.readouterr()
+    assert predict(weights, str(img), "-o", str(tmp_path / "g"), "--optimize", "cuda-graph") == 2
+    assert "cuda-graph needs a CUDA device" in capsys.readouterr().err
+    assert predict(weights, str(img), "-o", str(tmp_path / "h"), "--optimize", "half-weights") == 2
+    assert "--precision fp16 or bf16" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()

@@ -1,10 +1,11 @@
-"""Opt-in inference optimisations that trade exactness for speed.
+"""Opt-in inference optimisations, most of which trade exactness for speed.
 
 The default forward is exact (PARITY.md tolerances, ~1e-6 relative). These options change the
-numbers: by float rounding (``channels_last``, ``compile``) or by quantisation (``int8``). Each is
-measured, speed and output difference against fp32 on the shared fixtures' inputs, by
-``benchmarks/options.py`` (results in docs/performance.md). Reduced precision (bf16/fp16) is the
-Predictor's ``precision`` option (autocast), not listed here.
+numbers: by float rounding (``channels_last``, ``compile``), by quantisation (``int8``) or by running
+the whole model in a half type (``half_weights``); ``cuda_graph`` replays the same kernels and changes
+nothing. Each is measured, speed and output difference against fp32, by ``benchmarks/options.py``
+(CPU, on the shared fixtures' inputs) and ``benchmarks/gpu.py`` (results in docs/performance.md).
+Reduced precision itself is the Predictor's ``precision`` option (autocast unless ``half_weights``).
 
 - ``channels_last``: convolution weights and the input in NHWC memory format, so oneDNN does not
   reorder NCHW tensors around every convolution.
@@ -116,7 +117,9 @@ def _capture_cuda_graph(run: Callable[[], object], device: torch.device) -> Call
             run()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: CUDA calls of other threads (the CLI's decode and encode threads, a server's
+    # requests) during the capture do not invalidate it.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         run()
     return graph.replay
 
