@@ -22,6 +22,10 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
   size; ``bf16-compile-graph``: the same with ``mode="reduce-overhead"`` (CUDA graphs).
 
+``--graph-replay VARIANT...`` only checks the hazard found on an H100 on 2026-11-27: replaying a batch-1
+CUDA graph after a batch-N graph was captured hit an illegal memory access. Each variant (one suspect
+taken out) runs in its own process, and the output says which replays fail.
+
 ``--check-cpu`` also runs the fp32 model on the CPU on the same weights and input and reports the
 GPU-vs-CPU relative logits error (the PARITY.md measure), so a run shows the CUDA path computes the
 same function. Each mode runs in a ``try``: one that fails is reported with its error and the rest go
@@ -304,6 +308,63 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
             f.write(prof.key_averages().table(sort_by=key, row_limit=200, max_name_column_width=90))
 
 
+#: Ways to run the graph-replay check (``--graph-replay``): as the bf16 autocast forward, and with one
+#: suspect taken out each: the Triton deformable kernel, cuDNN's attention, or autocast (bf16 weights).
+GRAPH_REPLAY_VARIANTS = ("bf16", "bf16-no-triton", "bf16-no-cudnn-sdpa", "bf16-weights")
+
+
+def graph_replay_check(variant: str, size: int, batch: int, how: str) -> None:
+    """Capture the forward at batch 1, then at ``batch``, then replay the batch-1 graph again and compare
+    it with its first replay. On an H100 (2026-11-27) this replay hit an illegal memory access; a CUDA
+    error poisons the process, so :func:`graph_replay_checks` runs each variant in its own."""
+    from birefnet import BiRefNet, BiRefNetConfig
+
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone=variant)).eval().to(device)
+    deform_conv.USE_TRITON = how != "bf16-no-triton"
+    if how == "bf16-no-cudnn-sdpa":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    dtype = torch.float32
+    if how == "bf16-weights":
+        model, dtype = model.to(torch.bfloat16), torch.bfloat16
+    mode = "bf16-weights-graph" if how == "bf16-weights" else "bf16-graph"
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(mode, device):
+            return model(x).logits
+
+    x1 = torch.rand(1, 3, size, size, device=device, dtype=dtype)
+    xb = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
+    replay1 = _graphed(run, x1)
+    first = replay1().float().clone()
+    torch.cuda.synchronize(device)
+    replay_b = _graphed(run, xb)
+    replay_b()
+    torch.cuda.synchronize(device)
+    try:
+        again = replay1().float()
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # the finding is the error itself
+        print(f"graph replay {how}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+        raise SystemExit(1) from None
+    print(f"graph replay {how}: ok, max |diff| {float((again - first).abs().max()):.1e}", flush=True)
+
+
+def graph_replay_checks(args) -> None:
+    """:func:`graph_replay_check` for each of ``args.graph_replay`` in a subprocess."""
+    import subprocess
+    import sys
+
+    for how in args.graph_replay:
+        cmd = [sys.executable, __file__, "--variant", args.variant, "--size", str(args.size)]
+        cmd += ["--batch", str(args.batch), "--graph-replay-one", how]
+        code = subprocess.run(cmd, check=False).returncode
+        if code:
+            print(f"graph replay {how}: exit code {code}", flush=True)
+
+
 def main() -> None:
     from birefnet import BiRefNet, BiRefNetConfig
 
@@ -326,7 +387,18 @@ def main() -> None:
         help="after the modes, profile one eager forward at the throughput batch in these modes",
     )
     ap.add_argument("--json", help="also write the results to this file (rewritten after every mode)")
+    ap.add_argument(
+        "--graph-replay",
+        nargs="+",
+        choices=GRAPH_REPLAY_VARIANTS,
+        help="only check replaying a batch-1 graph after a batch-N capture, each variant in a subprocess",
+    )
+    ap.add_argument("--graph-replay-one", choices=GRAPH_REPLAY_VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.graph_replay_one:
+        return graph_replay_check(args.variant, args.size, args.batch, args.graph_replay_one)
+    if args.graph_replay:
+        return graph_replay_checks(args)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
