@@ -314,7 +314,7 @@ def test_half_weights_predictor_runs_the_half_model_and_falls_back_to_the_fp32_w
 def test_cuda_graph_wrapper_captures_on_the_second_call_and_hands_out_copies(monkeypatch):
     """CudaGraphs without CUDA: the capture is replaced by one that re-runs the recorded forward, so the
     bookkeeping is checked: eager first call, capture on the second, static input refreshed, outputs
-    cloned, one graph per shape/dtype/autocast key, least recently used dropped."""
+    cloned, one graph per shape/dtype/autocast key, keys past max_graphs eager (nothing recaptured)."""
     from birefnet.models import optimize
     from birefnet.models.output import BiRefNetOutput
 
@@ -355,10 +355,12 @@ def test_cuda_graph_wrapper_captures_on_the_second_call_and_hands_out_copies(mon
         with torch.autocast("cpu", dtype=torch.bfloat16):  # another key: eager first, then captured
             graphs(x)
             graphs(x)
-        graphs(torch.randn(2, 3, 4, 4))
-        graphs(torch.randn(2, 3, 4, 4))
-    assert len(graphs._graphs) == 2 and captures == [False, False, False]
-    assert (tuple(x.shape), x.dtype, "cpu", None) not in graphs._graphs  # the oldest was dropped
+        calls = net.calls
+        for _ in range(3):  # a third key once two are captured: eager every time
+            out = graphs(x[:, :2])
+        assert net.calls == calls + 3 and len(graphs._graphs) == 2 and captures == [False, False]
+        torch.testing.assert_close(out.logits, x[:, :2] * 2)
+        torch.testing.assert_close(graphs(x + 3).logits, (x + 3) * 2)  # the first graph still replays
 
 
 def test_cuda_graph_refusals():

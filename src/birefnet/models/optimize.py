@@ -22,12 +22,12 @@ Reduced precision itself is the Predictor's ``precision`` option (autocast unles
   graph on its second call and replayed from then on, so a forward is one launch instead of ~2000
   kernel launches from Python (batch 1 is launch-bound: 67 -> 20 ms above). Same kernels, same values.
   A captured shape keeps its own memory pool (~1.5 GB for swin_v1_l at 1024²); :data:`MAX_GRAPHS`
-  (one) is kept, so it pays for inputs of one fixed size (the "fixed" resolution policy).
+  (one) shape is captured and other shapes run eagerly, so it pays for inputs of one fixed size (the
+  "fixed" resolution policy).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import time
@@ -41,7 +41,7 @@ __all__ = ["MAX_GRAPHS", "OPTIMIZATIONS", "CudaGraphs", "optimize_for_inference"
 logger = logging.getLogger(__name__)
 
 OPTIMIZATIONS = ("channels_last", "compile", "int8", "half_weights", "cuda_graph")
-#: Captured input shapes that :class:`CudaGraphs` keeps (the least recently used goes first). One: on an
+#: Input shapes that :class:`CudaGraphs` captures; later ones run eagerly. One: on an
 #: H100 (2026-11-27), replaying a batch-1 graph of the model after a batch-8 graph had been captured in
 #: the same process hit an illegal memory access, cause not found (docs/performance.md). With one graph
 #: no graph is replayed after another's capture; a fixed-size stream of batches needs no more.
@@ -128,7 +128,8 @@ class CudaGraphs(nn.Module):
     """Replays ``model`` from CUDA graphs, one per input shape, dtype and autocast state.
 
     The first call of a key runs eagerly (a shape seen once, as under the "dynamic" resolution policy,
-    is never captured); the second captures the forward, with autocast's weight-cast cache off (a cached
+    is never captured); the second captures the forward if fewer than ``max_graphs`` keys are captured
+    (else it stays eager: no graph is dropped, so alternating shapes never recapture), with autocast's weight-cast cache off (a cached
     cast would be freed after the capture while the graph still reads it), and every later call copies
     the input into the captured one and replays. The output's tensors are cloned before they are handed
     out, since the next replay overwrites them. Inference only: call it under ``torch.inference_mode``
@@ -136,7 +137,7 @@ class CudaGraphs(nn.Module):
 
     Args:
         model: module taking one (B, C, H, W) tensor; its output a tensor or a dataclass of tensors.
-        max_graphs: captured keys kept, least recently used dropped first.
+        max_graphs: how many keys are captured; later keys run eagerly.
     """
 
     def __init__(self, model: nn.Module, max_graphs: int = MAX_GRAPHS) -> None:
@@ -145,9 +146,7 @@ class CudaGraphs(nn.Module):
         self.max_graphs = max_graphs
         self._seen: set[tuple] = set()
         # key -> (static input, static output, replay)
-        self._graphs: collections.OrderedDict[tuple, tuple[torch.Tensor, object, Callable[[], None]]] = (
-            collections.OrderedDict()
-        )
+        self._graphs: dict[tuple, tuple[torch.Tensor, object, Callable[[], None]]] = {}
 
     def forward(self, x: torch.Tensor):
         device = x.device
@@ -155,12 +154,11 @@ class CudaGraphs(nn.Module):
         amp_dtype = torch.get_autocast_dtype(device.type) if autocast else None
         key = (tuple(x.shape), x.dtype, str(device), amp_dtype)
         if key in self._graphs:
-            self._graphs.move_to_end(key)
             static_x, static_out, replay = self._graphs[key]
             static_x.copy_(x)
             replay()
             return _cloned(static_out)
-        if key not in self._seen:
+        if key not in self._seen or len(self._graphs) >= self.max_graphs:
             self._seen.add(key)
             return self.model(x)
         static_x = x.clone()
@@ -179,8 +177,6 @@ class CudaGraphs(nn.Module):
             replay = capture_cuda_graph(run, device)
         static_out = holder[0]
         self._graphs[key] = (static_x, static_out, replay)
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
         replay()
         return _cloned(static_out)
 
