@@ -470,3 +470,19 @@ def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, he
     assert len(calls) == 2 * (chunks + qkv_calls)
     assert rel_error(ours, plain) < 1e-6
     assert torch.equal(x, x_before)
+
+
+def test_swin_outputs_channels_last_at_cpu_inference_contiguous_otherwise() -> None:
+    """At CPU inference the four outputs are channels-last views (the decoder's 1x1 convolutions take
+    them without reordering); with autograd on they are NCHW-contiguous. The same values up to the
+    inference path's float rounding."""
+    torch.manual_seed(0)
+    bb = SwinTransformer(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fast = bb(x)
+    plain = bb(x)
+    for a, b in zip(fast, plain):
+        assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+        assert b.is_contiguous()
+        torch.testing.assert_close(a, b)

@@ -939,14 +939,20 @@ class SwinTransformer(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x ``(B, 3, H, W)`` normalised image (any size; BiRefNet uses multiples of 32).
 
-        Returns: four ``(B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2)))`` NCHW tensors.
+        Returns: four ``(B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2)))`` tensors (channels-last in memory
+        at CPU inference, else contiguous).
         """
+        # At CPU inference the outputs stay channels-last in memory (a permuted view, no copy): the
+        # decoder's 1x1 lateral convolutions, the concatenations and the resizes all take that layout
+        # without reordering (see BiRefNet._cat_scales). Elsewhere they are made NCHW-contiguous.
+        channels_last = x.device.type == "cpu" and not torch.is_grad_enabled() and not is_tracing()
         x = self.patch_embed(x)
         outs = []
         for i, layer in enumerate(self.layers):
             out, x = layer(x)
             norm: nn.LayerNorm = getattr(self, f"norm{i}")
-            outs.append(norm(out).permute(0, 3, 1, 2).contiguous())
+            out = norm(out).permute(0, 3, 1, 2)
+            outs.append(out if channels_last else out.contiguous())
         return outs
 
 
