@@ -244,10 +244,12 @@ class Decoder(nn.Module):
             return resize(coarse, lateral.shape[-2:]) + lateral
         if coarse.device.type == "cpu" and lateral.is_contiguous() and not coarse.is_contiguous():
             # The decoder blocks' outputs come out channels-last (the deformable convolution writes
-            # its product that way) and the lateral 1x1 convolutions' NCHW. Adding a channels-last map
-            # into an NCHW one reads it with strides: 154 ms for swin_v1_l's 384-channel 256² sum at
-            # 1024². Made NCHW at the coarse size first (a quarter of the pixels), it is resized by the
-            # plain NCHW kernel and added in order: 230 -> 130 ms for that stage (values within 1 ulp).
+            # its product that way). A backbone with NCHW outputs gives NCHW laterals (the Swin's
+            # outputs, and so its laterals, are channels-last at CPU inference and skip this). Adding
+            # a channels-last map into an NCHW one reads it with strides: 154 ms for a 384-channel
+            # 256² sum at 1024². Made NCHW at the coarse size first (a quarter of the pixels), it is
+            # resized by the plain NCHW kernel and added in order: 230 -> 130 ms for that stage
+            # (values within 1 ulp).
             coarse = coarse.contiguous()
         return lateral.add_(resize(coarse, lateral.shape[-2:]))
 
