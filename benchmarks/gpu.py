@@ -12,8 +12,9 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``bf16-tvdeform``: bf16 with torchvision's CUDA deformable-convolution kernel in place of ours (a
   comparison only; needs torchvision there);
 * ``bf16-weights``, ``bf16-weights-graph``, ``fp16-weights``, ``fp16-weights-graph``,
-  ``bf16-weights-compile``, ``bf16-weights-compile-graph``: the model's weights and input converted to bf16 (fp16), no autocast (no
-  casts, LayerNorm and the residual stream in that type: less exact than autocast; measure before use);
+  ``bf16-weights-compile``, ``bf16-weights-compile-graph``: the model's weights and input converted to
+  bf16 (fp16), no autocast (no casts, LayerNorm and the residual stream in that type: less exact than
+  autocast; measure before use);
 * ``fp16-weights-optimize``: what ``Predictor(precision="fp16", optimize="half-weights,cuda-graph")`` runs:
   the fp16 model through :class:`birefnet.models.optimize.CudaGraphs` (captured on the second call of a
   size, one size kept);
