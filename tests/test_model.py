@@ -114,6 +114,18 @@ def test_patches_roundtrip():
     assert torch.equal(p[:, (3 * 4 + 2) * 3 + 1], x[:, 1, 32:48, 72:96])
 
 
+def test_patches_at_cpu_inference_are_channels_last_with_the_same_values():
+    from birefnet.models.blocks import image_to_patches
+
+    x = torch.randn(2, 3, 64, 96)
+    for order in ("current", "legacy"):
+        plain = image_to_patches(x, (16, 24), order)
+        with torch.no_grad():
+            fast = image_to_patches(x, (16, 24), order)
+        assert fast.is_contiguous(memory_format=torch.channels_last) and plain.is_contiguous()
+        assert torch.equal(fast, plain)
+
+
 def test_config_roundtrip_and_validation():
     cfg = BiRefNetConfig(backbone="swin_v1_t", patch_order="legacy", squeeze_block="ResBlk_x2")
     assert BiRefNetConfig.from_dict(cfg.to_dict()) == cfg

@@ -443,7 +443,7 @@ def image_to_patches(image: torch.Tensor, size: Sequence[int], order: str = "cur
             ``get_patches_batch`` that pre-2024-11-05 weights were trained with).
 
     Returns:
-        (B, C*hg*wg, h, w) with hg = H // h, wg = W // w.
+        (B, C*hg*wg, h, w) with hg = H // h, wg = W // w; channels-last in memory at CPU inference.
     """
     b, c, height, width = image.shape
     h, w = size[0], size[1]  # no int(): keeps H and W symbolic in ONNX export
@@ -452,13 +452,21 @@ def image_to_patches(image: torch.Tensor, size: Sequence[int], order: str = "cur
         raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {h}x{w}")
     if hg == 1 and wg == 1:
         return image
+    if order not in ("current", "legacy"):
+        raise ValueError(f"patch order must be 'current' or 'legacy', got {order!r}")
     x = image.reshape(b, c, hg, h, wg, w)
+    if image.device.type == "cpu" and not torch.is_grad_enabled():
+        from birefnet.models.backbones.swin import is_tracing
+
+        if not is_tracing():
+            # CPU inference: the stack is written channels-last (the same one copy), so the patch
+            # encoder's first convolution reads it without a reorder (swin_v1_t's decoder 1.01x).
+            x = x.permute(0, 3, 5, 1, 2, 4) if order == "current" else x.permute(0, 3, 5, 4, 2, 1)
+            return x.reshape(b, h, w, c * hg * wg).permute(0, 3, 1, 2)
     if order == "current":
         x = x.permute(0, 1, 2, 4, 3, 5)  # b c hg wg h w
-    elif order == "legacy":
-        x = x.permute(0, 4, 2, 1, 3, 5)  # b wg hg c h w
     else:
-        raise ValueError(f"patch order must be 'current' or 'legacy', got {order!r}")
+        x = x.permute(0, 4, 2, 1, 3, 5)  # b wg hg c h w
     return x.reshape(b, c * hg * wg, h, w)
 
 
