@@ -1,0 +1,78 @@
+"""The kernel-ceiling benchmark's bookkeeping: which calls it records, their FLOPs, and the replay."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT
+
+
+@functools.cache
+def _ceiling():
+    """benchmarks/ceiling.py as a module (the benchmarks are scripts, not a package)."""
+    path = ROOT / "benchmarks" / "ceiling.py"
+    name = "birefnet_benchmark_ceiling"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)  # (it puts benchmarks/ on sys.path for its sibling speed.py)
+    return module
+
+
+def test_recorder_groups_the_compute_calls_and_counts_their_flops():
+    ceiling = _ceiling()
+    x = torch.randn(1, 8, 16, 16)
+    weight = torch.randn(4, 8, 3, 3)
+    a, b = torch.randn(32, 24), torch.randn(24, 40)
+    qkv = torch.randn(5, 49, 3, 2, 16)  # strided q, k, v views as the Swin's attention passes them
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    recorder = ceiling.Recorder()
+    with torch.inference_mode(), recorder:
+        F.conv2d(x, weight, padding=1)
+        torch.mm(a, b)
+        torch.mm(a, b)  # the same signature again: one entry, two calls
+        F.scaled_dot_product_attention(q, k, v)
+        (x + 1).relu_()  # glue: not recorded
+    by_group = {}
+    for call in recorder.calls.values():
+        by_group.setdefault(call["group"], []).append(call)
+    assert set(by_group) == {"convolution", "GEMM (linear, deformable products)", "attention (SDPA)"}
+    (conv,) = by_group["convolution"]
+    assert conv["flops"] == 2 * (4 * 16 * 16) * (8 * 3 * 3)
+    (mm,) = by_group["GEMM (linear, deformable products)"]
+    assert mm["n"] == 2 and mm["flops"] == 2 * 32 * 24 * 40
+    (attention,) = by_group["attention (SDPA)"]
+    assert attention["flops"] == 4 * 5 * 2 * 49 * 49 * 16
+
+
+def test_replay_uses_the_recorded_shapes_and_strides():
+    ceiling = _ceiling()
+    qkv = torch.randn(3, 10, 3, 2, 8)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    recorder = ceiling.Recorder()
+    with torch.inference_mode(), recorder:
+        F.scaled_dot_product_attention(q, k, v)
+    ((func, args, kwargs),) = recorder.specs.values()
+    rebuilt = ceiling._make(args)
+    assert rebuilt[0].shape == q.shape and rebuilt[0].stride() == q.stride()
+    with torch.inference_mode():
+        assert ceiling.isolated_best(func, args, kwargs, repeats=2) > 0
+
+
+def test_integer_operands_keep_their_values():
+    """embedding_bag's indices must stay in range when replayed, so integer tensors are kept as they are."""
+    ceiling = _ceiling()
+    table = torch.randn(10, 4)
+    index = torch.randint(0, 10, (6, 4))
+    recorder = ceiling.Recorder()
+    with torch.inference_mode(), recorder:
+        F.embedding_bag(index, table, per_sample_weights=torch.rand(6, 4), mode="sum")
+    ((func, args, kwargs),) = recorder.specs.values()
+    assert torch.equal(ceiling._make(args)[1], index.flatten())  # aten.embedding_bag(table, indices, ...)
+    with torch.inference_mode():
+        assert ceiling.isolated_best(func, args, kwargs, repeats=1) > 0
