@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -119,6 +120,16 @@ def output_difference(option: str, fixtures) -> tuple[float, float]:
     return max_abs, flips / max(pixels, 1)
 
 
+def _last_line(error: Exception) -> str:
+    """A one-line summary of ``error``: its first line, plus the first later line that names an error
+    (Inductor's messages start with "backend='inductor' raised:" and name the cause further down)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    cause = next((line for line in lines[1:] if "Error" in line or "Exception" in line), "")
+    return (lines[0] + (" " + cause if cause else ""))[:240]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="swin_v1_t")
@@ -147,7 +158,8 @@ def main() -> None:
             med, first = time_option(args.variant, args.size, option, args.runs, args.warmup)
             diff = output_difference(option, fixtures) if fixtures else (float("nan"), float("nan"))
         except Exception as e:
-            print(f"{option:22} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            traceback.print_exc()  # the whole story on stderr; one line in the table
+            print(f"{option:22} failed: {type(e).__name__}: {_last_line(e)}")
             continue
         print(f"{option:22} {med:9.2f} {base / med:7.2f}x {first:12.1f} {diff[0]:9.2e} {diff[1]:9.2e}")
 

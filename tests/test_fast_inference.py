@@ -248,6 +248,53 @@ def test_optimizations_stay_close(options):
     assert float((out - ref).abs().max()) < (0.05 if "int8" in options else 1e-4)
 
 
+def test_onednn_kernels_stay_out_of_compiled_graphs(monkeypatch):
+    """Inductor cannot lower oneDNN's fused linear calls (``torch.compile`` of the model failed with a
+    LoweringException on an AVX-512 host), so under capture the products take plain matmuls, and the
+    check itself must not break the graph. Eager inference keeps the oneDNN path."""
+    from birefnet.models import onednn
+
+    monkeypatch.setattr(onednn, "available", lambda: True)  # as on an AVX-512 CPU
+    seen = []
+
+    def probe(t: torch.Tensor) -> torch.Tensor:
+        seen.append(onednn.use_onednn(t))
+        return t + 1
+
+    x = torch.ones(4)
+    try:
+        with torch.inference_mode():
+            torch.compile(probe, backend="eager", fullgraph=True)(x)  # fullgraph: a graph break raises
+            assert seen == [False]
+            assert onednn.use_onednn(x)
+    finally:
+        torch._dynamo.reset()
+
+
+def test_model_traces_as_one_graph_with_onednn_available(monkeypatch):
+    """The whole inference forward is one Dynamo graph (no graph break, so no per-shape recompiles of
+    the pieces after a break), also where the oneDNN fast path exists."""
+    from birefnet.models import onednn
+
+    monkeypatch.setattr(onednn, "available", lambda: True)
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="swin_v1_t")).eval()
+    try:
+        with torch.inference_mode():
+            explained = torch._dynamo.explain(model)(torch.randn(1, 3, 64, 64))
+    finally:
+        torch._dynamo.reset()
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+
+
+def test_compile_option_compiles_static_shapes(monkeypatch):
+    """Dynamic shapes made Inductor fail on PVT's reduction convolution; the Predictor feeds one size."""
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: seen.update(kwargs) or module)
+    optimize_for_inference(torch.nn.Linear(2, 2), "compile")
+    assert seen == {"dynamic": False}
+
+
 def test_int8_needs_cpu():
     with pytest.raises(ValueError, match="CPU only"):
         optimize_for_inference(torch.nn.Linear(2, 2), "int8", device="meta")

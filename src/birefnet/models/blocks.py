@@ -113,7 +113,7 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         )
         return out.contiguous()
     if x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous():
-        from birefnet.models.backbones.swin import is_tracing
+        from birefnet.models.tracing import is_tracing
 
         if not is_tracing():
             # ATen's CPU kernel copies a many-channel NCHW map to channels-last, resizes it there and
@@ -204,7 +204,7 @@ def _rows_fusable(branch: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`_fused_deformable_branch` may run ``branch`` on ``x``: a deformable ASPP branch with
     an eval-mode BatchNorm (or none), at CPU inference outside export/compile tracing and autocast
     (whose lower-precision products could not be accumulated in place into the output)."""
-    from birefnet.models.backbones.swin import is_tracing
+    from birefnet.models.tracing import is_tracing
 
     return (
         FUSE_DEFORMABLE_BRANCHES
@@ -456,7 +456,7 @@ def image_to_patches(image: torch.Tensor, size: Sequence[int], order: str = "cur
         raise ValueError(f"patch order must be 'current' or 'legacy', got {order!r}")
     x = image.reshape(b, c, hg, h, wg, w)
     if image.device.type == "cpu" and not torch.is_grad_enabled():
-        from birefnet.models.backbones.swin import is_tracing
+        from birefnet.models.tracing import is_tracing
 
         if not is_tracing():
             # CPU inference: the stack is written channels-last (the same one copy), so the patch

@@ -47,7 +47,7 @@ def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
     tensors, export/tracing and small inputs (under 512x512, where the saving is small) skip it."""
     if training or x.device.type != "cpu" or x.shape[-2] * x.shape[-1] < 512 * 512:
         return
-    from birefnet.models.backbones.swin import is_tracing
+    from birefnet.models.tracing import is_tracing
 
     if not is_tracing():  # covers torch.compile too
         trim_heap()

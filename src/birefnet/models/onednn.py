@@ -19,6 +19,8 @@ import functools
 
 import torch
 
+from birefnet.models.tracing import is_tracing
+
 __all__ = ["USE_ONEDNN", "autocast_enabled", "available", "linear", "linear_add", "use_onednn"]
 
 #: Set to False to run every product through MKL again, as on CPUs without AVX-512 (a switch for
@@ -40,9 +42,13 @@ def available() -> bool:
 def use_onednn(x: torch.Tensor) -> bool:
     """Whether a float32 CPU product on ``x`` should go through :func:`linear` / :func:`linear_add`: on
     an AVX-512 CPU (:func:`available`) with oneDNN enabled (``torch.backends.mkldnn.flags``) and no
-    autocast, with no autograd graph being recorded (inference only)."""
+    autocast, with no autograd graph being recorded (inference only), and not while the model is being
+    captured (:func:`birefnet.models.tracing.is_tracing`): Inductor cannot lower these calls
+    (``torch.compile`` failed with a LoweringException on them), and an exported graph should hold
+    plain products."""
     return (
         USE_ONEDNN
+        and not is_tracing()  # first: the checks below are not all traceable (graph breaks)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()

@@ -9,9 +9,9 @@ Reduced precision itself is the Predictor's ``precision`` option (autocast unles
 
 - ``channels_last``: convolution weights and the input in NHWC memory format, so oneDNN does not
   reorder NCHW tensors around every convolution.
-- ``compile``: ``torch.compile`` (Inductor). The first forward of each input shape compiles (minutes
-  on a 2-core CPU; Inductor caches compiled graphs on disk, so later processes start faster).
-  Needs a C++ compiler on CPU.
+- ``compile``: ``torch.compile`` (Inductor, static shapes). The first forward of each input shape
+  compiles (minutes on a 2-core CPU; Inductor caches compiled graphs on disk, so later processes start
+  faster). Needs a C++ compiler on CPU.
 - ``int8``: dynamic int8 quantisation of every ``nn.Linear`` (weights int8, activations quantised
   per batch; CPU only): the Swin/PVT backbones' linear layers, which hold most of their FLOPs.
 - ``half_weights``: with a reduced ``precision`` (fp16/bf16), the whole model is converted to that
@@ -252,7 +252,10 @@ def optimize_for_inference(
         model.to(memory_format=torch.channels_last)
         out = _ChannelsLastInput(model)
     if "compile" in names:
-        out = _TimedFirstCall(torch.compile(out))
+        # Static shapes: the Predictor feeds one size, and Dynamo's automatic dynamic shapes (after a
+        # second size, or another model of the same classes in the process) made Inductor fail to lower
+        # PVT's strided reduction convolution (a symbolic-shape evaluation error, torch 2.13).
+        out = _TimedFirstCall(torch.compile(out, dynamic=False))
     if "cuda_graph" in names:
         out = CudaGraphs(out)
     return out

@@ -47,6 +47,7 @@ from torch import nn
 
 from birefnet.models import onednn
 from birefnet.models.backbones.base import Backbone, DropPath, init_transformer_weights
+from birefnet.models.tracing import is_tracing
 
 __all__ = [
     "SWIN_CONFIGS",
@@ -250,23 +251,6 @@ def _window_layout_cpu(height: int, width: int, ws: int, shift: int) -> WindowLa
         masked,
         order,
         tuple(groups),
-    )
-
-
-def is_tracing() -> bool:
-    """True while ``torch.export`` (the ONNX exporter's capture), ``torch.compile`` or the TorchScript
-    tracer runs the model.
-
-    Under these the stages take the traceable path (:meth:`SwinBlock.forward_traceable`), which keeps
-    batch, height and width symbolic; eager calls take the cached-gather path. (Under
-    ``torch.compile`` the cached path's per-size layouts broke the graph and recompiled each block
-    per stage and size, past Dynamo's recompile limit.)
-    """
-    return (
-        torch.compiler.is_exporting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-        or torch.jit.is_tracing()
     )
 
 
