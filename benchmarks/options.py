@@ -120,7 +120,7 @@ def output_difference(option: str, fixtures) -> tuple[float, float]:
     return max_abs, flips / max(pixels, 1)
 
 
-def _last_line(error: Exception) -> str:
+def _error_summary(error: Exception) -> str:
     """A one-line summary of ``error``: its first line, plus the first later line that names an error
     (Inductor's messages start with "backend='inductor' raised:" and name the cause further down)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -159,7 +159,7 @@ def main() -> None:
             diff = output_difference(option, fixtures) if fixtures else (float("nan"), float("nan"))
         except Exception as e:
             traceback.print_exc()  # the whole story on stderr; one line in the table
-            print(f"{option:22} failed: {type(e).__name__}: {_last_line(e)}")
+            print(f"{option:22} failed: {type(e).__name__}: {_error_summary(e)}")
             continue
         print(f"{option:22} {med:9.2f} {base / med:7.2f}x {first:12.1f} {diff[0]:9.2e} {diff[1]:9.2e}")
 
