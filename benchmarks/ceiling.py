@@ -65,12 +65,13 @@ class TensorSpec:
     values: torch.Tensor | None = field(default=None, compare=False, hash=False)
 
 
-def _spec(value):
+def _spec(value, keep_values: bool = False):
+    """``value`` with its tensors replaced by :class:`TensorSpec` (integer values copied if ``keep_values``)."""
     if isinstance(value, torch.Tensor):
-        keep = None if value.is_floating_point() else value.clone()
+        keep = value.clone() if keep_values and not value.is_floating_point() else None
         return TensorSpec(tuple(value.shape), tuple(value.stride()), value.dtype, keep)
     if isinstance(value, (list, tuple)):
-        return type(value)(_spec(v) for v in value)
+        return type(value)(_spec(v, keep_values) for v in value)
     return value
 
 
@@ -140,11 +141,13 @@ class Recorder(TorchDispatchMode):
         call = self.calls[key]
         call["n"] += 1
         call["in_forward"] += dt
-        first = out[0] if isinstance(out, (tuple, list)) else out
-        call["flops"] = _flops(func, args_s, first)
-        call["group"] = GROUPS[name]
-        call["label"] = f"{name} {[tuple(a.shape) for a in args_s if isinstance(a, TensorSpec)]}"
-        self.specs.setdefault(key, (func, args_s, kwargs_s))
+        if key not in self.specs:  # first call of this signature: keep what the replay needs
+            first = out[0] if isinstance(out, (tuple, list)) else out
+            call["flops"] = _flops(func, args_s, first)
+            call["group"] = GROUPS[name]
+            call["label"] = f"{name} {[tuple(a.shape) for a in args_s if isinstance(a, TensorSpec)]}"
+            kept = _spec(args, keep_values=True), {k: _spec(v, keep_values=True) for k, v in kwargs.items()}
+            self.specs[key] = (func, *kept)
         return out
 
 

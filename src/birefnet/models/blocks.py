@@ -16,6 +16,7 @@ from torch import nn
 
 from birefnet.models import onednn
 from birefnet.models.deform_conv import DeformableConv2d
+from birefnet.models.tracing import is_tracing
 
 ASPP_PLANES = 256  # width of every ASPP branch (official ``in_channelster``)
 
@@ -112,21 +113,16 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
             align_corners=True,
         )
         return out.contiguous()
-    if x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous():
-        from birefnet.models.tracing import is_tracing
-
-        if not is_tracing():
-            # ATen's CPU kernel copies a many-channel NCHW map to channels-last, resizes it there and
-            # copies the result back. For swin_v1_l at 1024² the context resizes (e.g. 384 channels,
-            # 256² -> 32²) spent ~0.2 s each in that copy of a 100 MB input for a 1.5 MB output. Each
-            # channel resized alone (channels as batch) runs the plain NCHW kernel with no copies:
-            # 0.6 s -> 0.2 s for the forward's resizes; the same formula, values within 1 ulp of the
-            # channels-last kernel's.
-            b, c, h, w = x.shape
-            flat = F.interpolate(
-                x.view(b * c, 1, h, w), size=tuple(size), mode="bilinear", align_corners=True
-            )
-            return flat.view(b, c, *flat.shape[-2:])
+    if x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous() and not is_tracing():
+        # ATen's CPU kernel copies a many-channel NCHW map to channels-last, resizes it there and
+        # copies the result back. For swin_v1_l at 1024² the context resizes (e.g. 384 channels,
+        # 256² -> 32²) spent ~0.2 s each in that copy of a 100 MB input for a 1.5 MB output. Each
+        # channel resized alone (channels as batch) runs the plain NCHW kernel with no copies:
+        # 0.6 s -> 0.2 s for the forward's resizes; the same formula, values within 1 ulp of the
+        # channels-last kernel's.
+        b, c, h, w = x.shape
+        flat = F.interpolate(x.view(b * c, 1, h, w), size=tuple(size), mode="bilinear", align_corners=True)
+        return flat.view(b, c, *flat.shape[-2:])
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
@@ -204,8 +200,6 @@ def _rows_fusable(branch: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`_fused_deformable_branch` may run ``branch`` on ``x``: a deformable ASPP branch with
     an eval-mode BatchNorm (or none), at CPU inference outside export/compile tracing and autocast
     (whose lower-precision products could not be accumulated in place into the output)."""
-    from birefnet.models.tracing import is_tracing
-
     return (
         FUSE_DEFORMABLE_BRANCHES
         and isinstance(branch, _ASPPBranch)
@@ -455,14 +449,11 @@ def image_to_patches(image: torch.Tensor, size: Sequence[int], order: str = "cur
     if order not in ("current", "legacy"):
         raise ValueError(f"patch order must be 'current' or 'legacy', got {order!r}")
     x = image.reshape(b, c, hg, h, wg, w)
-    if image.device.type == "cpu" and not torch.is_grad_enabled():
-        from birefnet.models.tracing import is_tracing
-
-        if not is_tracing():
-            # CPU inference: the stack is written channels-last (the same one copy), so the patch
-            # encoder's first convolution reads it without a reorder (swin_v1_t's decoder 1.01x).
-            x = x.permute(0, 3, 5, 1, 2, 4) if order == "current" else x.permute(0, 3, 5, 4, 2, 1)
-            return x.reshape(b, h, w, c * hg * wg).permute(0, 3, 1, 2)
+    if image.device.type == "cpu" and not torch.is_grad_enabled() and not is_tracing():
+        # CPU inference: the stack is written channels-last (the same one copy), so the patch
+        # encoder's first convolution reads it without a reorder (swin_v1_t's decoder 1.01x).
+        x = x.permute(0, 3, 5, 1, 2, 4) if order == "current" else x.permute(0, 3, 5, 4, 2, 1)
+        return x.reshape(b, h, w, c * hg * wg).permute(0, 3, 1, 2)
     if order == "current":
         x = x.permute(0, 1, 2, 4, 3, 5)  # b c hg wg h w
     else:

@@ -29,6 +29,7 @@ from birefnet.models.blocks import (
     resize,
 )
 from birefnet.models.memory import trim_heap_at_stage_end
+from birefnet.models.tracing import is_tracing
 
 DECODER_BLOCKS: dict[str, type[nn.Module]] = {"BasicDecBlk": BasicDecBlk, "ResBlk": ResBlk}
 LATERAL_BLOCKS: dict[str, type[nn.Module]] = {"BasicLatBlk": BasicLatBlk}
@@ -145,8 +146,6 @@ class Decoder(nn.Module):
         returned instead, for a decoder block to convolve without concatenating
         (:func:`birefnet.models.blocks.conv_over_parts`).
         """
-        from birefnet.models.tracing import is_tracing
-
         if not self.config.inward_reference:
             return feat
         size = feat.shape[-2:]
@@ -305,8 +304,6 @@ def _two_convs(
     Equal to the two convolutions up to float rounding (the sums are reordered). Under export or
     tracing, for few output channels' worth of input (Cout > 4) or tiny maps, the plain pair runs.
     """
-    from birefnet.models.tracing import is_tracing
-
     height, width = x.shape[-2:]
     if is_tracing() or w2.shape[0] > 4 or height < 4 or width < 4:
         return _two_convs_in_bands(x, w1, b1, w2, b2)
@@ -350,8 +347,6 @@ def _two_convs_in_bands(
     single band is used (sizes are symbolic there). ``budget_bytes`` defaults to
     :data:`BAND_BUDGET_BYTES` on the CPU and :data:`ACCELERATOR_BAND_BUDGET_BYTES` elsewhere.
     """
-    from birefnet.models.tracing import is_tracing
-
     if budget_bytes is None:
         budget_bytes = BAND_BUDGET_BYTES if x.device.type == "cpu" else ACCELERATOR_BAND_BUDGET_BYTES
     height = x.shape[2]

@@ -18,6 +18,8 @@ import functools
 
 import torch
 
+from birefnet.models.tracing import is_tracing
+
 __all__ = ["trim_heap", "trim_heap_at_stage_end"]
 
 
@@ -47,7 +49,5 @@ def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
     tensors, export/tracing and small inputs (under 512x512, where the saving is small) skip it."""
     if training or x.device.type != "cpu" or x.shape[-2] * x.shape[-1] < 512 * 512:
         return
-    from birefnet.models.tracing import is_tracing
-
     if not is_tracing():  # covers torch.compile too
         trim_heap()

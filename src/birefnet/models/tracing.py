@@ -14,9 +14,9 @@ def is_tracing() -> bool:
     Under these the model takes its traceable paths: the Swin stages keep batch, height and width
     symbolic (:meth:`birefnet.models.backbones.swin.SwinBlock.forward_traceable`), and the eager-only
     fast paths that cannot be captured step aside (per-size caches, loops over symbolic sizes, oneDNN's
-    fused kernels, which Inductor cannot lower). Eager calls take the fast paths. (Under ``torch.compile`` the cached path's per-size
-    layouts broke the graph and recompiled each block per stage and size, past Dynamo's recompile
-    limit.)
+    fused kernels, which Inductor cannot lower). Eager calls take the fast paths. (Under
+    ``torch.compile`` the cached path's per-size layouts broke the graph and recompiled each block per
+    stage and size, past Dynamo's recompile limit.)
     """
     return (
         torch.compiler.is_exporting()
