@@ -6,7 +6,11 @@ Each fast path has a module-level switch kept for exactly this comparison:
   (``birefnet.models.onednn.USE_ONEDNN``; only AVX-512 CPUs take it, elsewhere both columns run MKL);
 * ``fused-aspp``: each deformable ASPP branch normalised, rectified and projected chunk by chunk as its
   deformable convolution produces it, instead of as a full-size map
-  (``birefnet.models.blocks.FUSE_DEFORMABLE_BRANCHES``).
+  (``birefnet.models.blocks.FUSE_DEFORMABLE_BRANCHES``);
+* ``keep-heap``: freed heap pages kept mapped during CPU inference (``birefnet.models.memory
+  .KEEP_HEAP_PAGES``). It is a process-wide allocator setting that cannot be undone within a process,
+  so this switch runs two warm worker processes, one with it and one without, and alternates forwards
+  between them (one at a time, each on ``--threads`` threads).
 
 The script times full forwards of a random BiRefNet, switching the path off and on for each pair, and
 prints the median over the pairs of (time off / time on): above 1 means the fast path is faster. It
@@ -14,19 +18,24 @@ also prints the largest difference of the two outputs (probabilities), which onl
 should cause. Timing alternates because this project's machines drift by 10-20 % within minutes.
 
     python benchmarks/ab_switch.py --switch fused-aspp --variant swin_v1_t --size 1024 --pairs 4
+    python benchmarks/ab_switch.py --switch keep-heap --variant swin_v1_t --size 1024 --pairs 8
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 import torch
 
 from birefnet import BiRefNet, BiRefNetConfig
-from birefnet.models import blocks, onednn
+from birefnet.models import blocks, memory, onednn
 
 
 def _set_onednn(on: bool) -> None:
@@ -37,11 +46,72 @@ def _set_fused_aspp(on: bool) -> None:
     blocks.FUSE_DEFORMABLE_BRANCHES = on
 
 
+def _set_keep_heap(on: bool) -> None:
+    memory.KEEP_HEAP_PAGES = on
+
+
 #: switch name -> (setter, label of the path when off, label when on)
 SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "onednn": (_set_onednn, "MKL", "oneDNN"),
     "fused-aspp": (_set_fused_aspp, "unfused", "fused"),
+    "keep-heap": (_set_keep_heap, "trimmed heap", "kept heap"),
 }
+#: switches whose setting holds for a whole process: compared across two worker processes
+PER_PROCESS = {"keep-heap"}
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """One side of a per-process switch: set it, build the model, then on each line of stdin run one
+    forward and print its time; at end of input save the probabilities to ``--worker-output``."""
+    setter, _, _ = SWITCHES[args.switch]
+    setter(args.worker == "on")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval()
+    x = torch.randn(1, 3, args.size, args.size)
+    with torch.inference_mode():
+        out = model(x).logits  # warm-up
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            t0 = time.perf_counter()
+            out = model(x).logits
+            print(time.perf_counter() - t0, flush=True)
+    torch.save(out.sigmoid(), args.worker_output)
+
+
+def _two_processes(args: argparse.Namespace) -> tuple[list[float], list[float], float]:
+    """Forward times (off, on) alternating between two warm workers, and the largest output difference."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workers = {}
+        for side in ("off", "on"):
+            cmd = [sys.executable, __file__, "--switch", args.switch, "--variant", args.variant]
+            cmd += ["--size", str(args.size), "--threads", str(args.threads), "--worker", side]
+            cmd += ["--worker-output", os.path.join(tmp, f"{side}.pt")]
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            workers[side] = proc
+            if (
+                proc.stdout.readline().strip() != "ready"
+            ):  # one at a time: no overlap with the other's warm-up
+                raise RuntimeError(f"the {side} worker failed to start")
+
+        def forward(side: str) -> float:
+            proc = workers[side]
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            return float(proc.stdout.readline())
+
+        _, off_label, on_label = SWITCHES[args.switch]
+        off, on = [], []
+        for i in range(args.pairs):
+            off.append(forward("off"))
+            on.append(forward("on"))
+            print(f"pair {i + 1}: {off_label} {off[-1]:.2f} s, {on_label} {on[-1]:.2f} s", flush=True)
+        for proc in workers.values():
+            proc.stdin.close()
+            proc.wait()
+        ref = torch.load(os.path.join(tmp, "off.pt"))
+        new = torch.load(os.path.join(tmp, "on.pt"))
+    return off, on, (ref - new).abs().max().item()
 
 
 def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
@@ -51,9 +121,18 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--worker", choices=("off", "on"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return
 
     setter, off_label, on_label = SWITCHES[args.switch]
+    if args.switch in PER_PROCESS:
+        off, on, diff = _two_processes(args)
+        _report(args, off_label, on_label, off, on, diff)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.switch == "onednn" and not onednn.available():
@@ -79,6 +158,12 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
             print(f"pair {i + 1}: {off_label} {off[-1]:.2f} s, {on_label} {on[-1]:.2f} s", flush=True)
     finally:
         setter(True)
+    _report(args, off_label, on_label, off, on, diff)
+
+
+def _report(
+    args: argparse.Namespace, off_label: str, on_label: str, off: list[float], on: list[float], diff: float
+) -> None:
     ratio = statistics.median(a / b for a, b in zip(off, on))
     print(
         f"{args.variant} {args.size}²: {off_label} median {statistics.median(off):.2f} s, {on_label} median "

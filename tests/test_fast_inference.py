@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from birefnet import BiRefNet, BiRefNetConfig
 from birefnet.models import decoder as decoder_module
+from birefnet.models import memory
 from birefnet.models.blocks import ASPP, ASPPDeformable, norm_inplace, resize
 from birefnet.models.deform_conv import deform_conv2d
 from birefnet.models.memory import trim_heap, trim_heap_at_stage_end
@@ -227,6 +228,39 @@ def test_deform_inference_path_equals_autograd_path():
 def test_trim_heap_is_safe():
     trim_heap()
     trim_heap_at_stage_end(torch.zeros(1, 3, 8, 8), training=False)
+    size = memory.heap_bytes()
+    assert size is None or size > 0  # None only without glibc >= 2.33
+
+
+def test_heap_kept_within_budget(monkeypatch):
+    """Freed pages stay mapped (no trim at stage ends) while malloc holds at most HEAP_KEEP_BYTES; above
+    it, with the switch off, or where the heap size is unknown, the stage ends trim as before."""
+    trims, applied = [], []
+    monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(memory, "_keep_freed_pages", lambda: applied.append(1) or True)
+    big, small = torch.empty(1, 3, 512, 512), torch.empty(1, 3, 256, 256)
+
+    def stage_end(x=big, training=False, heap=memory.HEAP_KEEP_BYTES) -> int:
+        monkeypatch.setattr(memory, "heap_bytes", lambda: heap)
+        trims.clear()
+        memory.trim_heap_at_stage_end(x, training)
+        return len(trims)
+
+    assert stage_end() == 0
+    assert stage_end(heap=memory.HEAP_KEEP_BYTES + 1) == 1
+    assert stage_end(heap=None) == 1
+    assert stage_end(small) == stage_end(training=True) == 0  # small inputs and training never trim
+    applied.clear()
+    memory.prepare_heap(big, training=False)
+    assert len(applied) == 1
+    memory.prepare_heap(small, training=False)
+    memory.prepare_heap(big, training=True)
+    assert len(applied) == 1
+    monkeypatch.setattr(memory, "KEEP_HEAP_PAGES", False)
+    applied.clear()
+    memory.prepare_heap(big, training=False)
+    assert applied == []
+    assert stage_end() == 1  # switched off: every stage end trims, as before
 
 
 def test_parse_optimizations():

@@ -9,7 +9,7 @@ from birefnet.config import BiRefNetConfig
 from birefnet.models.backbones import build_backbone
 from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, resize
 from birefnet.models.decoder import Decoder, laplacian_5x5
-from birefnet.models.memory import trim_heap_at_stage_end
+from birefnet.models.memory import prepare_heap, trim_heap_at_stage_end
 from birefnet.models.output import BiRefNetOutput
 
 # ImageNet normalisation the released weights expect (RGB in [0, 1]).
@@ -110,6 +110,7 @@ class BiRefNet(nn.Module):
                 f"input size {tuple(x.shape[-2:])} is not a multiple of 32; resize the image "
                 "(the Predictor does this for you)"
             )
+        prepare_heap(x, self.training)
         feats, class_logits = self.forward_encoder(x)
         if self.squeeze_module is not None:
             feats[3] = self.squeeze_module(feats[3])

@@ -1,13 +1,24 @@
-"""Returning freed heap memory to the operating system between the big stages of a CPU forward.
+"""How a CPU inference forward uses the process heap: freed pages kept mapped, within a budget.
 
-glibc's allocator serves tensors below its (dynamic, up to 32 MB) mmap threshold from heap arenas
-and keeps freed heap pages mapped. A BiRefNet forward frees hundreds of MB of backbone
-temporaries, then allocates decoder maps of other sizes, so without help the process's peak RSS
-exceeds its live tensors by ~0.3-0.4 GB (swin_v1_l at 1024x1024: 2.07 GB peak RSS for ~1.7 GB
-live). ``malloc_trim(0)`` at the stage boundaries hands the free pages back (peak 1.87 GB); it
-takes a few milliseconds and the pages are faulted in again only if reused.
+A BiRefNet forward at 1024x1024 allocates and frees ~1-3 GB of temporaries. With glibc's default
+settings each tensor above the mmap threshold (dynamic, up to 32 MB) is a fresh mapping, unmapped
+again when freed, and the heap's free top is handed back after each free. Every reuse of that memory
+page-faults it in afresh, and the kernel zeroes each 4 KB page: ~1 GB of faults per swin_v1_t
+forward, 0.5-0.7 s of system CPU time, ~7-11 % of the forward (docs/performance.md, "Page faults").
 
-Only glibc has ``malloc_trim``; elsewhere (macOS, Windows, musl) :func:`trim_heap` does nothing.
+So at the first CPU inference forward of a large input (:func:`prepare_heap`) the process's glibc
+allocator is told to serve large blocks from the heap (``M_MMAP_MAX = 0``) and to keep freed heap
+memory mapped (``M_TRIM_THRESHOLD`` at its maximum): later temporaries reuse pages already faulted in.
+That is a process-wide setting, like a caching allocator's; :data:`KEEP_HEAP_PAGES` = False before
+the first forward leaves the allocator alone.
+
+Kept pages still count in the process's RSS. Between the big stages of the forward
+(:func:`trim_heap_at_stage_end`) the free pages are handed back (``malloc_trim(0)``) once malloc
+holds more than :data:`HEAP_KEEP_BYTES`, so large models and inputs keep the peak RSS of before
+(swin_v1_l at 1024x1024: ~1.9 GB; 2.3 GB if nothing were handed back), while swin_v1_t at 1024x1024
+(a ~1 GB heap) runs with no page faults at all after its first forward.
+
+Only glibc has these calls; elsewhere (macOS, Windows, musl) every function here does nothing.
 """
 
 from __future__ import annotations
@@ -20,34 +31,129 @@ import torch
 
 from birefnet.models.tracing import is_tracing
 
-__all__ = ["trim_heap", "trim_heap_at_stage_end"]
+__all__ = [
+    "HEAP_KEEP_BYTES",
+    "KEEP_HEAP_PAGES",
+    "heap_bytes",
+    "prepare_heap",
+    "trim_heap",
+    "trim_heap_at_stage_end",
+]
+
+#: Keep freed heap pages mapped during CPU inference (see the module docstring). Read once, at the
+#: first :func:`prepare_heap` that applies; a switch for comparisons (``benchmarks/ab_switch.py``
+#: cannot flip it within a process: the allocator setting is not undone).
+KEEP_HEAP_PAGES = True
+
+#: Memory held by malloc (:func:`heap_bytes`, weights included) up to which freed pages stay mapped at
+#: the stage ends of a CPU forward; above it they are handed back there. 1.5 GB: swin_v1_t at
+#: 1024x1024 (~1.1 GB) stays under it; swin_v1_l (0.9 GB of weights, ~2.2 GB if nothing were handed
+#: back) goes over it, and trimming keeps its peak RSS under the 2 GB goal of issue 6.
+HEAP_KEEP_BYTES = 1280 * 2**20
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_INT_MAX = 2**31 - 1
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc >= 2.33): heap statistics in size_t fields."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes of the main arena's heap (brk), in use or free
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",  # bytes in mmapped blocks
+            "usmblks",
+            "fsmblks",
+            "uordblks",  # bytes in use
+            "fordblks",  # bytes free
+            "keepcost",
+        )
+    ]
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim():
+def _libc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (it has ``malloc_trim``), else None."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        fn = ctypes.CDLL(name).malloc_trim
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018 - glibc only
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.argtypes = []
+        libc.mallinfo2.restype = _MallInfo2
+    return libc
 
 
 def trim_heap() -> None:
     """Give free heap pages back to the OS (glibc ``malloc_trim(0)``); a no-op without glibc."""
-    fn = _malloc_trim()
-    if fn is not None:
-        fn(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def heap_bytes() -> int | None:
+    """Bytes that glibc's malloc holds from the OS for this process: its heaps (in use or free) and
+    its separately mapped large blocks (``mallinfo2()``: ``arena + hblkhd``; tensors allocated before
+    :func:`prepare_heap`, such as the weights, are mostly the latter). None where that is unknown (no
+    glibc, or glibc older than 2.33)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    info = libc.mallinfo2()
+    return int(info.arena + info.hblkhd)
+
+
+@functools.lru_cache(maxsize=1)
+def _keep_freed_pages() -> bool:
+    """Apply the allocator settings once per process; True if glibc took them."""
+    libc = _libc()
+    if libc is None:
+        return False
+    # Large blocks from the heap instead of fresh mappings, and the heap's free top kept mapped.
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+
+
+def _large_cpu_inference(x: torch.Tensor, training: bool) -> bool:
+    """A CPU inference forward (not training, export or compile) on a (B, C, H, W) input of at least
+    512x512, where the heap handling pays (below, the temporaries are small)."""
+    return (
+        not training
+        and x.device.type == "cpu"
+        and x.shape[-2] * x.shape[-1] >= 512 * 512
+        and not is_tracing()  # covers torch.compile too
+    )
+
+
+def prepare_heap(x: torch.Tensor, training: bool) -> None:
+    """At the start of a forward on ``x``: for a large CPU inference input, keep freed heap pages
+    mapped from now on in this process (once; see the module docstring), unless
+    :data:`KEEP_HEAP_PAGES` is False."""
+    if KEEP_HEAP_PAGES and _large_cpu_inference(x, training):
+        _keep_freed_pages()
 
 
 def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
-    """:func:`trim_heap` for a CPU inference forward on ``x`` (B, C, H, W); training, accelerator
-    tensors, export/tracing and small inputs (under 512x512, where the saving is small) skip it."""
-    if training or x.device.type != "cpu" or x.shape[-2] * x.shape[-1] < 512 * 512:
+    """Between the big stages of a large CPU inference forward on ``x``: hand free heap pages back
+    (:func:`trim_heap`), unless they are being kept and the heap is within :data:`HEAP_KEEP_BYTES`.
+    Training, accelerator tensors, export/tracing and inputs under 512x512 skip it."""
+    if not _large_cpu_inference(x, training):
         return
-    if not is_tracing():  # covers torch.compile too
-        trim_heap()
+    if KEEP_HEAP_PAGES and _keep_freed_pages():
+        size = heap_bytes()
+        if size is not None and size <= HEAP_KEEP_BYTES:
+            return
+    trim_heap()
