@@ -315,7 +315,14 @@ def _two_convs(
     bias = w2.sum(dim=(2, 3)) @ b1 if b1 is not None else w2.new_zeros(w2.shape[0])
     if b2 is not None:
         bias = bias + b2
-    out = F.conv2d(x, w5, bias, padding=2)
+    if x.device.type == "cpu":
+        # oneDNN runs this 3-channel 5x5 convolution 2-3x faster from a channels-last input (1024x1024:
+        # 43 -> 16-25 ms with the conversion included; the same values, and for one output channel
+        # the same memory layout of the result).
+        x5 = x.contiguous(memory_format=torch.channels_last)
+    else:
+        x5 = x
+    out = F.conv2d(x5, w5, bias, padding=2)
     # the border ring: rows 0 and H-1 from strips of 3 input rows, columns likewise
     out[:, :, :1] = _two_convs_in_bands(x[:, :, :3], w1, b1, w2, b2)[:, :, :1]
     out[:, :, -1:] = _two_convs_in_bands(x[:, :, -3:], w1, b1, w2, b2)[:, :, -1:]
