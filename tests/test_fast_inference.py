@@ -233,11 +233,13 @@ def test_trim_heap_is_safe():
 
 
 def test_heap_kept_within_budget(monkeypatch):
-    """Freed pages stay mapped (no trim at stage ends) while malloc holds at most HEAP_KEEP_BYTES; above
-    it, with the switch off, or where the heap size is unknown, the stage ends trim as before."""
-    trims, applied = [], []
+    """Freed pages stay mapped (no trim at stage ends) while malloc holds at most HEAP_KEEP_BYTES. Over
+    it (or where the size is unknown) the process goes back to glibc's usual settings for good and trims
+    at every stage end, as it does with the switch off."""
+    trims, settings = [], []
     monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(1))
-    monkeypatch.setattr(memory, "_keep_freed_pages", lambda: applied.append(1) or True)
+    monkeypatch.setattr(memory, "_set_heap", lambda **kw: settings.append(kw) or True)
+    monkeypatch.setattr(memory, "_state", memory._HeapState())
     big, small = torch.empty(1, 3, 512, 512), torch.empty(1, 3, 256, 256)
 
     def stage_end(x=big, training=False, heap=memory.HEAP_KEEP_BYTES) -> int:
@@ -246,21 +248,26 @@ def test_heap_kept_within_budget(monkeypatch):
         memory.trim_heap_at_stage_end(x, training)
         return len(trims)
 
-    assert stage_end() == 0
-    assert stage_end(heap=memory.HEAP_KEEP_BYTES + 1) == 1
-    assert stage_end(heap=None) == 1
-    assert stage_end(small) == stage_end(training=True) == 0  # small inputs and training never trim
-    applied.clear()
-    memory.prepare_heap(big, training=False)
-    assert len(applied) == 1
     memory.prepare_heap(small, training=False)
     memory.prepare_heap(big, training=True)
-    assert len(applied) == 1
-    monkeypatch.setattr(memory, "KEEP_HEAP_PAGES", False)
-    applied.clear()
+    assert settings == [] and stage_end() == 1  # nothing kept yet: trims as before
     memory.prepare_heap(big, training=False)
-    assert applied == []
-    assert stage_end() == 1  # switched off: every stage end trims, as before
+    memory.prepare_heap(big, training=False)
+    assert settings == [{"mmap_max": 0, "trim_threshold": 2**31 - 1}]  # applied once
+    assert stage_end() == 0
+    assert stage_end(small) == stage_end(training=True) == 0  # small inputs and training never trim
+    assert stage_end(heap=memory.HEAP_KEEP_BYTES + 1) == 1
+    assert settings[-1]["mmap_max"] > 0 and memory._state.over_budget  # glibc's usual handling again
+    memory.prepare_heap(big, training=False)
+    assert len(settings) == 2 and stage_end() == 1  # for good
+
+    monkeypatch.setattr(memory, "_state", memory._HeapState())
+    memory.prepare_heap(big, training=False)
+    assert stage_end(heap=None) == 1 and memory._state.over_budget  # size unknown: not kept
+    monkeypatch.setattr(memory, "_state", memory._HeapState())
+    monkeypatch.setattr(memory, "KEEP_HEAP_PAGES", False)
+    memory.prepare_heap(big, training=False)
+    assert len(settings) == 4 and stage_end() == 1  # switched off: nothing applied, trims as before
 
 
 def test_parse_optimizations():

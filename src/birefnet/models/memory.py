@@ -12,11 +12,12 @@ memory mapped (``M_TRIM_THRESHOLD`` at its maximum): later temporaries reuse pag
 That is a process-wide setting, like a caching allocator's; :data:`KEEP_HEAP_PAGES` = False before
 the first forward leaves the allocator alone.
 
-Kept pages still count in the process's RSS. Between the big stages of the forward
-(:func:`trim_heap_at_stage_end`) the free pages are handed back (``malloc_trim(0)``) once malloc
-holds more than :data:`HEAP_KEEP_BYTES`, so large models and inputs keep the peak RSS of before
-(swin_v1_l at 1024x1024: ~1.9 GB; 2.3 GB if nothing were handed back), while swin_v1_t at 1024x1024
-(a ~1 GB heap) runs with no page faults at all after its first forward.
+Kept pages still count in the process's RSS. At the ends of the big stages of the forward
+(:func:`trim_heap_at_stage_end`) a process within :data:`HEAP_KEEP_BYTES` keeps them. The first time
+one is over it, it goes back to glibc's usual handling for good and, as before, hands the free pages
+back at every stage end (``malloc_trim(0)``): without that, freed pages of earlier stages add to the
+peak (swin_v1_l at 1024x1024: ~2.07 GB instead of ~1.75-1.87). So swin_v1_l keeps its peak RSS of
+before, while swin_v1_t at 1024x1024 (~1.1 GB held) runs with no page faults after its first forward.
 
 Only glibc has these calls; elsewhere (macOS, Windows, musl) every function here does nothing.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -40,9 +42,9 @@ __all__ = [
     "trim_heap_at_stage_end",
 ]
 
-#: Keep freed heap pages mapped during CPU inference (see the module docstring). Read once, at the
-#: first :func:`prepare_heap` that applies; a switch for comparisons (``benchmarks/ab_switch.py``
-#: cannot flip it within a process: the allocator setting is not undone).
+#: Keep freed heap pages mapped during CPU inference (see the module docstring). Read by
+#: :func:`prepare_heap`: set it to False before the first large CPU forward to leave the allocator
+#: alone (``benchmarks/ab_switch.py --switch keep-heap`` compares two processes, one with each).
 KEEP_HEAP_PAGES = True
 
 #: Memory held by malloc (:func:`heap_bytes`, weights included) up to which freed pages stay mapped at
@@ -53,8 +55,14 @@ HEAP_KEEP_BYTES = 1280 * 2**20
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
+# glibc's usual handling as it settles during a forward: its dynamic mmap threshold rises to the
+# largest freed mapped block up to 32 MB, with the trim threshold at twice that; 65536 mappings at most.
+_USUAL_MMAP_THRESHOLD = 32 * 2**20
+_USUAL_TRIM_THRESHOLD = 64 * 2**20
+_USUAL_MMAP_MAX = 65536
 
 
 class _MallInfo2(ctypes.Structure):
@@ -117,14 +125,27 @@ def heap_bytes() -> int | None:
     return int(info.arena + info.hblkhd)
 
 
-@functools.lru_cache(maxsize=1)
-def _keep_freed_pages() -> bool:
-    """Apply the allocator settings once per process; True if glibc took them."""
+@dataclass
+class _HeapState:
+    """This process's heap handling (the allocator settings are process-wide, so is this record)."""
+
+    kept: bool = False  # freed pages are being kept mapped (prepare_heap applied the settings)
+    over_budget: bool = False  # the budget was once exceeded: glibc's usual handling from then on
+
+
+_state = _HeapState()
+
+
+def _set_heap(mmap_max: int, trim_threshold: int, mmap_threshold: int | None = None) -> bool:
+    """glibc ``mallopt`` of the mmap count limit, the trim threshold and optionally the mmap threshold;
+    True if glibc took them all, False without glibc."""
     libc = _libc()
     if libc is None:
         return False
-    # Large blocks from the heap instead of fresh mappings, and the heap's free top kept mapped.
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+    ok = bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    if mmap_threshold is not None:
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and ok
+    return ok
 
 
 def _large_cpu_inference(x: torch.Tensor, training: bool) -> bool:
@@ -140,20 +161,34 @@ def _large_cpu_inference(x: torch.Tensor, training: bool) -> bool:
 
 def prepare_heap(x: torch.Tensor, training: bool) -> None:
     """At the start of a forward on ``x``: for a large CPU inference input, keep freed heap pages
-    mapped from now on in this process (once; see the module docstring), unless
-    :data:`KEEP_HEAP_PAGES` is False."""
-    if KEEP_HEAP_PAGES and _large_cpu_inference(x, training):
-        _keep_freed_pages()
+    mapped from now on in this process (see the module docstring), unless :data:`KEEP_HEAP_PAGES` is
+    False or the process once went over :data:`HEAP_KEEP_BYTES`."""
+    if KEEP_HEAP_PAGES and not _state.kept and not _state.over_budget and _large_cpu_inference(x, training):
+        # Large blocks from the heap instead of fresh mappings, and the heap's free top kept mapped.
+        _state.kept = _set_heap(mmap_max=0, trim_threshold=_INT_MAX)
 
 
 def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
     """Between the big stages of a large CPU inference forward on ``x``: hand free heap pages back
-    (:func:`trim_heap`), unless they are being kept and the heap is within :data:`HEAP_KEEP_BYTES`.
-    Training, accelerator tensors, export/tracing and inputs under 512x512 skip it."""
+    (:func:`trim_heap`), unless they are being kept and malloc holds at most :data:`HEAP_KEEP_BYTES`.
+
+    The first time a process with kept pages is found over that budget (or cannot tell: glibc older
+    than 2.33), it goes back to glibc's usual handling for good: large blocks mapped and returned when
+    freed (above 32 MB, where glibc's dynamic threshold ends up) and the heap's free top trimmed above
+    64 MB. Kept pages would otherwise add up to the peak RSS: swin_v1_l at 1024x1024 measured 1.84-1.95
+    GB with them and trims at every stage end, 1.75 GB without them. Training, accelerator tensors,
+    export/tracing and inputs under 512x512 skip all of this.
+    """
     if not _large_cpu_inference(x, training):
         return
-    if KEEP_HEAP_PAGES and _keep_freed_pages():
+    if _state.kept:
         size = heap_bytes()
         if size is not None and size <= HEAP_KEEP_BYTES:
             return
+        _set_heap(
+            mmap_max=_USUAL_MMAP_MAX,
+            trim_threshold=_USUAL_TRIM_THRESHOLD,
+            mmap_threshold=_USUAL_MMAP_THRESHOLD,
+        )
+        _state.kept, _state.over_budget = False, True
     trim_heap()
