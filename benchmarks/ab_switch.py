@@ -89,9 +89,8 @@ def _two_processes(args: argparse.Namespace) -> tuple[list[float], list[float], 
             cmd += ["--worker-output", os.path.join(tmp, f"{side}.pt")]
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             workers[side] = proc
-            if (
-                proc.stdout.readline().strip() != "ready"
-            ):  # one at a time: no overlap with the other's warm-up
+            # wait until this one is warm before starting the other: their warm-ups never overlap
+            if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the {side} worker failed to start")
 
         def forward(side: str) -> float:

@@ -76,3 +76,19 @@ def test_integer_operands_keep_their_values():
     assert torch.equal(ceiling._make(args)[1], index.flatten())  # aten.embedding_bag(table, indices, ...)
     with torch.inference_mode():
         assert ceiling.isolated_best(func, args, kwargs, repeats=1) > 0
+
+
+def test_ab_switch_compares_a_per_process_switch_across_two_workers(capsys):
+    """keep-heap cannot be flipped within a process: ab_switch runs one warm worker per side and
+    alternates forwards between them (64² here: the mechanics only; the heap handling starts at 512²)."""
+    path = ROOT / "benchmarks" / "ab_switch.py"
+    spec = importlib.util.spec_from_file_location("birefnet_benchmark_ab_switch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(
+        ["--switch", "keep-heap", "--variant", "swin_v1_t", "--size", "64", "--pairs", "2", "--threads", "1"]
+    )
+    out = capsys.readouterr().out
+    assert out.count("pair ") == 2
+    assert "trimmed heap/kept heap" in out
+    assert "max |prob difference| 0.0e+00" in out

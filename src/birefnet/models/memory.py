@@ -48,9 +48,10 @@ __all__ = [
 KEEP_HEAP_PAGES = True
 
 #: Memory held by malloc (:func:`heap_bytes`, weights included) up to which freed pages stay mapped at
-#: the stage ends of a CPU forward; above it they are handed back there. 1.5 GB: swin_v1_t at
-#: 1024x1024 (~1.1 GB) stays under it; swin_v1_l (0.9 GB of weights, ~2.2 GB if nothing were handed
-#: back) goes over it, and trimming keeps its peak RSS under the 2 GB goal of issue 6.
+#: the stage ends of a CPU forward (see :func:`trim_heap_at_stage_end` for what happens above it).
+#: 1.25 GiB: swin_v1_t at 1024x1024 (~1.1 GB, 1.17 GB inside `birefnet predict`) stays under it;
+#: swin_v1_l (0.9 GB of weights, ~2.2 GB if nothing were handed back) goes over it at its first stage
+#: end, and trimming keeps its peak RSS under the 2 GB goal of issue 6.
 HEAP_KEEP_BYTES = 1280 * 2**20
 
 # glibc's mallopt parameters (malloc.h)
@@ -71,11 +72,11 @@ class _MallInfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)
         for name in (
-            "arena",  # bytes of the main arena's heap (brk), in use or free
+            "arena",  # bytes of the heaps of all arenas, in use or free
             "ordblks",
             "smblks",
             "hblks",
-            "hblkhd",  # bytes in mmapped blocks
+            "hblkhd",  # bytes in separately mapped (large) blocks
             "usmblks",
             "fsmblks",
             "uordblks",  # bytes in use
