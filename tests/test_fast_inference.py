@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from birefnet import BiRefNet, BiRefNetConfig
+from birefnet.models import birefnet as birefnet_module
 from birefnet.models import decoder as decoder_module
 from birefnet.models import memory
 from birefnet.models.blocks import ASPP, ASPPDeformable, norm_inplace, resize
@@ -233,14 +234,15 @@ def test_trim_heap_is_safe():
 
 
 def test_heap_kept_within_budget(monkeypatch):
-    """Freed pages stay mapped (no trim at stage ends) while malloc holds at most HEAP_KEEP_BYTES. Over
-    it (or where the size is unknown) the process goes back to glibc's usual settings for good and trims
-    at every stage end, as it does with the switch off."""
+    """Freed pages stay mapped (no trim at stage ends) from prepare_heap to release_heap while malloc
+    holds at most HEAP_KEEP_BYTES. Over it (or where the size is unknown) the process stops keeping them
+    for good and trims at every stage end, as it does with the switch off."""
     trims, settings = [], []
     monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(1))
     monkeypatch.setattr(memory, "_set_heap", lambda **kw: settings.append(kw) or True)
     monkeypatch.setattr(memory, "_state", memory._HeapState())
     big, small = torch.empty(1, 3, 512, 512), torch.empty(1, 3, 256, 256)
+    keep = {"mmap_max": 0, "trim_threshold": 2**31 - 1}
 
     def stage_end(x=big, training=False, heap=memory.HEAP_KEEP_BYTES) -> int:
         monkeypatch.setattr(memory, "heap_bytes", lambda: heap)
@@ -250,24 +252,52 @@ def test_heap_kept_within_budget(monkeypatch):
 
     memory.prepare_heap(small, training=False)
     memory.prepare_heap(big, training=True)
-    assert settings == [] and stage_end() == 1  # nothing kept yet: trims as before
+    assert settings == [] and stage_end() == 1  # nothing kept: trims as before
+    memory.release_heap()
+    assert settings == []
     memory.prepare_heap(big, training=False)
     memory.prepare_heap(big, training=False)
-    assert settings == [{"mmap_max": 0, "trim_threshold": 2**31 - 1}]  # applied once
+    assert settings == [keep]  # applied once per forward
     assert stage_end() == 0
     assert stage_end(small) == stage_end(training=True) == 0  # small inputs and training never trim
+    memory.release_heap()  # end of the forward: glibc's usual handling again
+    assert settings[-1]["mmap_max"] > 0 and not memory._state.kept
+    memory.prepare_heap(big, training=False)  # the next forward keeps pages again
+    assert settings[-1] == keep
     assert stage_end(heap=memory.HEAP_KEEP_BYTES + 1) == 1
-    assert settings[-1]["mmap_max"] > 0 and memory._state.over_budget  # glibc's usual handling again
+    assert settings[-1]["mmap_max"] > 0 and memory._state.over_budget
+    n = len(settings)
+    memory.release_heap()
     memory.prepare_heap(big, training=False)
-    assert len(settings) == 2 and stage_end() == 1  # for good
+    assert len(settings) == n and stage_end() == 1  # over budget once: for good
 
     monkeypatch.setattr(memory, "_state", memory._HeapState())
     memory.prepare_heap(big, training=False)
     assert stage_end(heap=None) == 1 and memory._state.over_budget  # size unknown: not kept
     monkeypatch.setattr(memory, "_state", memory._HeapState())
     monkeypatch.setattr(memory, "KEEP_HEAP_PAGES", False)
+    n = len(settings)
     memory.prepare_heap(big, training=False)
-    assert len(settings) == 4 and stage_end() == 1  # switched off: nothing applied, trims as before
+    assert len(settings) == n and stage_end() == 1  # switched off: nothing applied, trims as before
+
+
+def test_forward_releases_the_heap_settings(monkeypatch):
+    """BiRefNet.forward keeps pages only while it runs, also when it raises."""
+    calls = []
+    monkeypatch.setattr(birefnet_module, "prepare_heap", lambda x, training: calls.append("prepare"))
+    monkeypatch.setattr(birefnet_module, "release_heap", lambda: calls.append("release"))
+    model = BiRefNet(BiRefNetConfig(backbone="swin_v1_t")).eval()
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 64, 64))
+    assert calls == ["prepare", "release"]
+
+    def fail(x):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model, "forward_encoder", fail)
+    with pytest.raises(RuntimeError, match="boom"), torch.inference_mode():
+        model(torch.randn(1, 3, 64, 64))
+    assert calls[-2:] == ["prepare", "release"]
 
 
 def test_parse_optimizations():

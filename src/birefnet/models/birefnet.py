@@ -9,7 +9,7 @@ from birefnet.config import BiRefNetConfig
 from birefnet.models.backbones import build_backbone
 from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, resize
 from birefnet.models.decoder import Decoder, laplacian_5x5
-from birefnet.models.memory import prepare_heap, trim_heap_at_stage_end
+from birefnet.models.memory import prepare_heap, release_heap, trim_heap_at_stage_end
 from birefnet.models.output import BiRefNetOutput
 
 # ImageNet normalisation the released weights expect (RGB in [0, 1]).
@@ -111,6 +111,12 @@ class BiRefNet(nn.Module):
                 "(the Predictor does this for you)"
             )
         prepare_heap(x, self.training)
+        try:
+            return self._forward(x)
+        finally:
+            release_heap()
+
+    def _forward(self, x: torch.Tensor) -> BiRefNetOutput:
         feats, class_logits = self.forward_encoder(x)
         if self.squeeze_module is not None:
             feats[3] = self.squeeze_module(feats[3])

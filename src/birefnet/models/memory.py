@@ -6,18 +6,21 @@ again when freed, and the heap's free top is handed back after each free. Every 
 page-faults it in afresh, and the kernel zeroes each 4 KB page: ~1 GB of faults per swin_v1_t
 forward, 0.5-0.7 s of system CPU time, ~7-11 % of the forward (docs/performance.md, "Page faults").
 
-So at the first CPU inference forward of a large input (:func:`prepare_heap`) the process's glibc
-allocator is told to serve large blocks from the heap (``M_MMAP_MAX = 0``) and to keep freed heap
-memory mapped (``M_TRIM_THRESHOLD`` at its maximum): later temporaries reuse pages already faulted in.
-That is a process-wide setting, like a caching allocator's; :data:`KEEP_HEAP_PAGES` = False before
-the first forward leaves the allocator alone.
+So for each CPU inference forward of a large input (:func:`prepare_heap` at its start,
+:func:`release_heap` at its end) the process's glibc allocator is told to serve large blocks from the
+heap (``M_MMAP_MAX = 0``) and to keep freed heap memory mapped (``M_TRIM_THRESHOLD`` at its maximum):
+the forward's temporaries reuse pages already faulted in. The settings are process-wide (other threads
+see them while a forward runs), so they hold only for the forward; afterwards glibc's usual handling
+is back, and the pages the heap holds stay mapped for the next forward, as glibc leaves them anyway.
+:data:`KEEP_HEAP_PAGES` = False turns this off.
 
 Kept pages still count in the process's RSS. At the ends of the big stages of the forward
 (:func:`trim_heap_at_stage_end`) a process within :data:`HEAP_KEEP_BYTES` keeps them. The first time
-one is over it, it goes back to glibc's usual handling for good and, as before, hands the free pages
-back at every stage end (``malloc_trim(0)``): without that, freed pages of earlier stages add to the
-peak (swin_v1_l at 1024x1024: ~2.07 GB instead of ~1.75-1.87). So swin_v1_l keeps its peak RSS of
-before, while swin_v1_t at 1024x1024 (~1.1 GB held) runs with no page faults after its first forward.
+one is over it, it stops keeping pages for good and, as before, hands the free pages back at every
+stage end (``malloc_trim(0)``): without that, freed pages of earlier stages add to the peak
+(swin_v1_l at 1024x1024: ~2.07 GB instead of ~1.75-1.87). So swin_v1_l keeps its peak RSS of
+before, while swin_v1_t at 1024x1024 (~1.1 GB held) page-faults 0.07-0.10 GB per forward instead
+of ~1 GB.
 
 Only glibc has these calls; elsewhere (macOS, Windows, musl) every function here does nothing.
 """
@@ -38,13 +41,14 @@ __all__ = [
     "KEEP_HEAP_PAGES",
     "heap_bytes",
     "prepare_heap",
+    "release_heap",
     "trim_heap",
     "trim_heap_at_stage_end",
 ]
 
-#: Keep freed heap pages mapped during CPU inference (see the module docstring). Read by
-#: :func:`prepare_heap`: set it to False before the first large CPU forward to leave the allocator
-#: alone (``benchmarks/ab_switch.py --switch keep-heap`` compares two processes, one with each).
+#: Keep freed heap pages mapped during CPU inference forwards (see the module docstring); read by
+#: :func:`prepare_heap` at each forward. ``benchmarks/ab_switch.py --switch keep-heap`` compares two
+#: processes, one with each setting (the heap a process has built up would blur an in-process switch).
 KEEP_HEAP_PAGES = True
 
 #: Memory held by malloc (:func:`heap_bytes`, weights included) up to which freed pages stay mapped at
@@ -130,7 +134,7 @@ def heap_bytes() -> int | None:
 class _HeapState:
     """This process's heap handling (the allocator settings are process-wide, so is this record)."""
 
-    kept: bool = False  # freed pages are being kept mapped (prepare_heap applied the settings)
+    kept: bool = False  # freed pages are being kept mapped (between prepare_heap and release_heap)
     over_budget: bool = False  # the budget was once exceeded: glibc's usual handling from then on
 
 
@@ -162,11 +166,29 @@ def _large_cpu_inference(x: torch.Tensor, training: bool) -> bool:
 
 def prepare_heap(x: torch.Tensor, training: bool) -> None:
     """At the start of a forward on ``x``: for a large CPU inference input, keep freed heap pages
-    mapped from now on in this process (see the module docstring), unless :data:`KEEP_HEAP_PAGES` is
-    False or the process once went over :data:`HEAP_KEEP_BYTES`."""
+    mapped until :func:`release_heap` at its end (see the module docstring), unless
+    :data:`KEEP_HEAP_PAGES` is False or the process once went over :data:`HEAP_KEEP_BYTES`."""
     if KEEP_HEAP_PAGES and not _state.kept and not _state.over_budget and _large_cpu_inference(x, training):
         # Large blocks from the heap instead of fresh mappings, and the heap's free top kept mapped.
         _state.kept = _set_heap(mmap_max=0, trim_threshold=_INT_MAX)
+
+
+def release_heap() -> None:
+    """At the end of a forward: if :func:`prepare_heap` kept freed pages for it, go back to glibc's
+    usual handling (large blocks mapped above 32 MB, the heap top trimmed above 64 MB), so that the
+    process outside our forwards (training, the caller's code, other threads) runs as it would
+    without us. The pages the heap holds stay mapped: the next forward faults in little (swin_v1_t at
+    1024x1024: 0.07-0.10 GB per forward, against 0.00-0.08 GB with the setting kept between forwards,
+    ~1 GB without it)."""
+    if _state.kept and not is_tracing():
+        _set_usual_heap()
+        _state.kept = False
+
+
+def _set_usual_heap() -> None:
+    _set_heap(
+        mmap_max=_USUAL_MMAP_MAX, trim_threshold=_USUAL_TRIM_THRESHOLD, mmap_threshold=_USUAL_MMAP_THRESHOLD
+    )
 
 
 def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
@@ -186,10 +208,6 @@ def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
         size = heap_bytes()
         if size is not None and size <= HEAP_KEEP_BYTES:
             return
-        _set_heap(
-            mmap_max=_USUAL_MMAP_MAX,
-            trim_threshold=_USUAL_TRIM_THRESHOLD,
-            mmap_threshold=_USUAL_MMAP_THRESHOLD,
-        )
+        _set_usual_heap()
         _state.kept, _state.over_budget = False, True
     trim_heap()
