@@ -117,6 +117,7 @@ class BiRefNet(nn.Module):
             release_heap()
 
     def _forward(self, x: torch.Tensor) -> BiRefNetOutput:
+        """:meth:`forward` after the size check, inside the heap settings of :func:`prepare_heap`."""
         feats, class_logits = self.forward_encoder(x)
         if self.squeeze_module is not None:
             feats[3] = self.squeeze_module(feats[3])

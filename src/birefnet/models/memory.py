@@ -19,7 +19,7 @@ Kept pages still count in the process's RSS. At the ends of the big stages of th
 one is over it, it stops keeping pages for good and, as before, hands the free pages back at every
 stage end (``malloc_trim(0)``): without that, freed pages of earlier stages add to the peak
 (swin_v1_l at 1024x1024: ~2.07 GB instead of ~1.75-1.87). So swin_v1_l keeps its peak RSS of
-before, while swin_v1_t at 1024x1024 (~1.1 GB held) page-faults 0.07-0.10 GB per forward instead
+before, while swin_v1_t at 1024x1024 (~1.1 GB held) page-faults 0.04-0.15 GB per forward instead
 of ~1 GB.
 
 Only glibc has these calls; elsewhere (macOS, Windows, musl) every function here does nothing.
@@ -178,7 +178,7 @@ def release_heap() -> None:
     usual handling (large blocks mapped above 32 MB, the heap top trimmed above 64 MB), so that the
     process outside our forwards (training, the caller's code, other threads) runs as it would
     without us. The pages the heap holds stay mapped: the next forward faults in little (swin_v1_t at
-    1024x1024: 0.07-0.10 GB per forward, against 0.00-0.08 GB with the setting kept between forwards,
+    1024x1024: 0.04-0.15 GB per forward, against 0.00-0.08 GB with the setting kept between forwards,
     ~1 GB without it)."""
     if _state.kept and not is_tracing():
         _set_usual_heap()
@@ -186,6 +186,7 @@ def release_heap() -> None:
 
 
 def _set_usual_heap() -> None:
+    """glibc's usual handling as it settles during a forward (see the ``_USUAL_*`` constants)."""
     _set_heap(
         mmap_max=_USUAL_MMAP_MAX, trim_threshold=_USUAL_TRIM_THRESHOLD, mmap_threshold=_USUAL_MMAP_THRESHOLD
     )
