@@ -7,8 +7,8 @@ Each fast path has a module-level switch kept for exactly this comparison:
 * ``fused-aspp``: each deformable ASPP branch normalised, rectified and projected chunk by chunk as its
   deformable convolution produces it, instead of as a full-size map
   (``birefnet.models.blocks.FUSE_DEFORMABLE_BRANCHES``);
-* ``keep-heap``: freed heap pages kept mapped during CPU inference (``birefnet.models.memory
-  .KEEP_HEAP_PAGES``). It is a process-wide allocator setting that cannot be undone within a process,
+* ``keep-heap``: freed heap pages kept mapped during CPU inference forwards (``birefnet.models.memory
+  .KEEP_HEAP_PAGES``). The heap a process has built up with it would blur a switch within that process,
   so this switch runs two warm worker processes, one with it and one without, and alternates forwards
   between them (one at a time, each on ``--threads`` threads).
 
@@ -60,15 +60,23 @@ SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
 PER_PROCESS = {"keep-heap"}
 
 
+def _model_and_input(args: argparse.Namespace) -> tuple[BiRefNet, torch.Tensor]:
+    """The random model of ``--variant`` and its ``--size`` input, seeded, on ``--threads`` threads."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return BiRefNet(BiRefNetConfig(backbone=args.variant)).eval(), torch.randn(1, 3, args.size, args.size)
+
+
+def _print_pair(i: int, off_label: str, on_label: str, off: float, on: float) -> None:
+    print(f"pair {i + 1}: {off_label} {off:.2f} s, {on_label} {on:.2f} s", flush=True)
+
+
 def _worker(args: argparse.Namespace) -> None:
     """One side of a per-process switch: set it, build the model, then on each line of stdin run one
     forward and print its time; at end of input save the probabilities to ``--worker-output``."""
     setter, _, _ = SWITCHES[args.switch]
     setter(args.worker == "on")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval()
-    x = torch.randn(1, 3, args.size, args.size)
+    model, x = _model_and_input(args)
     with torch.inference_mode():
         out = model(x).logits  # warm-up
         print("ready", flush=True)
@@ -79,7 +87,9 @@ def _worker(args: argparse.Namespace) -> None:
     torch.save(out.sigmoid(), args.worker_output)
 
 
-def _two_processes(args: argparse.Namespace) -> tuple[list[float], list[float], float]:
+def _two_processes(
+    args: argparse.Namespace, off_label: str, on_label: str
+) -> tuple[list[float], list[float], float]:
     """Forward times (off, on) alternating between two warm workers, and the largest output difference."""
     with tempfile.TemporaryDirectory() as tmp:
         workers = {}
@@ -99,12 +109,11 @@ def _two_processes(args: argparse.Namespace) -> tuple[list[float], list[float], 
             proc.stdin.flush()
             return float(proc.stdout.readline())
 
-        _, off_label, on_label = SWITCHES[args.switch]
         off, on = [], []
         for i in range(args.pairs):
             off.append(forward("off"))
             on.append(forward("on"))
-            print(f"pair {i + 1}: {off_label} {off[-1]:.2f} s, {on_label} {on[-1]:.2f} s", flush=True)
+            _print_pair(i, off_label, on_label, off[-1], on[-1])
         for proc in workers.values():
             proc.stdin.close()
             proc.wait()
@@ -129,15 +138,12 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
 
     setter, off_label, on_label = SWITCHES[args.switch]
     if args.switch in PER_PROCESS:
-        off, on, diff = _two_processes(args)
+        off, on, diff = _two_processes(args, off_label, on_label)
         _report(args, off_label, on_label, off, on, diff)
         return
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     if args.switch == "onednn" and not onednn.available():
         print("this CPU has no AVX-512 (or torch no oneDNN): both runs take MKL")
-    model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval()
-    x = torch.randn(1, 3, args.size, args.size)
+    model, x = _model_and_input(args)
 
     def forward(on: bool) -> tuple[float, torch.Tensor]:
         setter(on)
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
         for i in range(args.pairs):
             off.append(forward(False)[0])
             on.append(forward(True)[0])
-            print(f"pair {i + 1}: {off_label} {off[-1]:.2f} s, {on_label} {on[-1]:.2f} s", flush=True)
+            _print_pair(i, off_label, on_label, off[-1], on[-1])
     finally:
         setter(True)
     _report(args, off_label, on_label, off, on, diff)
