@@ -11,6 +11,9 @@ Each fast path has a module-level switch kept for exactly this comparison:
   .KEEP_HEAP_PAGES``). The heap a process has built up with it would blur a switch within that process,
   so this switch runs two warm worker processes, one with it and one without, and alternates forwards
   between them (one at a time, each on ``--threads`` threads).
+* ``streamed-windows``: each Swin stage run window chunk by window chunk on the oneDNN path
+  (``birefnet.models.backbones.swin.STREAM_WINDOWS``). It changes how much memory the heap holds, so it
+  runs as two worker processes too.
 
 The script times full forwards of a random BiRefNet, switching the path off and on for each pair, and
 prints the median over the pairs of (time off / time on): above 1 means the fast path is faster. It
@@ -19,6 +22,7 @@ should cause. Timing alternates because this project's machines drift by 10-20 %
 
     python benchmarks/ab_switch.py --switch fused-aspp --variant swin_v1_t --size 1024 --pairs 4
     python benchmarks/ab_switch.py --switch keep-heap --variant swin_v1_t --size 1024 --pairs 8
+    python benchmarks/ab_switch.py --switch streamed-windows --variant swin_v1_l --size 1024 --pairs 6
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 
 from birefnet import BiRefNet, BiRefNetConfig
 from birefnet.models import blocks, memory, onednn
+from birefnet.models.backbones import swin
 
 
 def _set_onednn(on: bool) -> None:
@@ -50,14 +55,19 @@ def _set_keep_heap(on: bool) -> None:
     memory.KEEP_HEAP_PAGES = on
 
 
+def _set_streamed_windows(on: bool) -> None:
+    swin.STREAM_WINDOWS = on
+
+
 #: switch name -> (setter, label of the path when off, label when on)
 SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "onednn": (_set_onednn, "MKL", "oneDNN"),
     "fused-aspp": (_set_fused_aspp, "unfused", "fused"),
     "keep-heap": (_set_keep_heap, "trimmed heap", "kept heap"),
+    "streamed-windows": (_set_streamed_windows, "map-sized", "streamed"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
-PER_PROCESS = {"keep-heap"}
+PER_PROCESS = {"keep-heap", "streamed-windows"}
 
 
 def _model_and_input(args: argparse.Namespace) -> tuple[BiRefNet, torch.Tensor]:

@@ -365,13 +365,15 @@ def test_load_pretrained_torchvision_names(tmp_path) -> None:
     ("side", "dim", "heads", "window"), [(64, 96, 3, 12), (50, 48, 3, 7), (20, 32, 2, 7)]
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_swin_stage_workspace_path_equals_the_plain_path(side, dim, heads, window, dtype):
+def test_swin_stage_workspace_path_equals_the_plain_path(monkeypatch, side, dim, heads, window, dtype):
     """CPU inference writes the blocks' large temporaries into one reused buffer and accumulates the
     output projections into ``residual + bias`` (swin._linear_plus); the numbers must be those of the
     plain path up to the order of that three-term sum, in both padding branches (64 -> 72 and
     50 -> 56 pad over 1/8 of the slots: project, then gather; 20 -> 21 under: gather, then project)."""
+    from birefnet.models.backbones import swin
     from birefnet.models.backbones.swin import SwinStage
 
+    monkeypatch.setattr(swin, "STREAM_WINDOWS", False)  # the oneDNN streamed path has its own test
     torch.manual_seed(0)
     stage = SwinStage(dim, 2, heads, window, 4.0, [0.0, 0.0], downsample=False).eval().to(dtype)
     x = torch.randn(2, side, side, dim, dtype=dtype)
@@ -444,6 +446,7 @@ def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, he
     from birefnet.models.backbones import swin
 
     monkeypatch.setattr(swin.onednn, "available", lambda: True)
+    monkeypatch.setattr(swin, "STREAM_WINDOWS", False)
     monkeypatch.setattr(swin, "_ONEDNN_CHUNK", 100)
     monkeypatch.setattr(swin, "_ONEDNN_QKV_MAX_BYTES", qkv_max_bytes)
     calls = []
@@ -470,6 +473,64 @@ def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, he
     assert len(calls) == 2 * (chunks + qkv_calls)
     assert rel_error(ours, plain) < 1e-6
     assert torch.equal(x, x_before)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize(
+    ("side", "dim", "heads", "window", "tokens"),
+    [(64, 96, 3, 12, 100), (50, 48, 3, 7, 300), (20, 32, 2, 7, 4096), (13, 32, 2, 6, 1)],
+)
+def test_swin_stage_streamed_path_equals_the_plain_path(monkeypatch, side, dim, heads, window, tokens):
+    """On the oneDNN path the stage runs window chunk by window chunk (SwinBlock.forward_streamed): chunks
+    of one window up to all windows, maps with and without padding (64 -> 72, 50 -> 56, 20 -> 21,
+    13 -> 18), shifted and plain blocks, two samples. Forced on whatever the CPU; the numbers must be
+    those of the plain path up to float rounding, and the stage input must be left as it was."""
+    from birefnet.models.backbones import swin
+
+    monkeypatch.setattr(swin.onednn, "available", lambda: True)
+    monkeypatch.setattr(swin, "_ONEDNN_CHUNK", 100)
+    monkeypatch.setattr(swin, "_STREAM_TOKENS", tokens)
+    streamed = []
+    real_streamed = swin.SwinBlock.forward_streamed
+    monkeypatch.setattr(
+        swin.SwinBlock, "forward_streamed", lambda *a, **k: streamed.append(1) or real_streamed(*a, **k)
+    )
+    torch.manual_seed(0)
+    stage = swin.SwinStage(dim, 2, heads, window, 4.0, [0.0, 0.0], downsample=False).eval()
+    with torch.no_grad():
+        for block in stage.blocks:
+            block.attn.relative_position_bias_table.normal_()
+    x = torch.randn(2, side, side, dim)
+    x_before = x.clone()
+    with torch.inference_mode():
+        ours, _ = stage(x)
+        mask = swin.shifted_window_mask(
+            -(-side // window), -(-side // window), window, window // 2, device=x.device, dtype=x.dtype
+        )
+        plain = x
+        for block in stage.blocks:
+            plain = block.forward_traceable(plain, mask)
+    assert len(streamed) == 2
+    assert rel_error(ours, plain) < 1e-6
+    assert torch.equal(x, x_before)
+
+
+def test_stream_plan_covers_each_real_slot_once() -> None:
+    """The streamed path's chunks (swin._stream_plan) gather every token of the map exactly once, stay
+    inside one query group each (so inside the masked or the unmasked windows), and hold at most the
+    requested number of slots (at least one window)."""
+    from birefnet.models.backbones import swin
+
+    for h, w, ws, shift, tokens in [(20, 27, 7, 3, 100), (16, 16, 6, 0, 1), (30, 30, 6, 3, 10**6)]:
+        layout = swin._window_layout_cpu(h, w, ws, shift)
+        plan = swin._stream_plan(h, w, ws, shift, tokens)
+        seen = torch.cat([index for *_, index in plan])
+        assert torch.equal(seen.sort().values, torch.arange(h * w))
+        groups = [(lo, hi) for lo, hi, _ in layout.query_groups]
+        for start, stop, rows, index in plan:
+            assert any(lo <= start < stop <= hi for lo, hi in groups)
+            assert (stop - start) * ws * ws <= max(tokens, ws * ws)
+            assert index.numel() == (stop - start) * (ws * ws if rows is None else rows.numel())
 
 
 def test_swin_outputs_channels_last_at_cpu_inference_contiguous_otherwise() -> None:

@@ -124,7 +124,7 @@ class BiRefNet(nn.Module):
         laplacian = None
         if self.training and self.config.outward_reference:
             laplacian = laplacian_5x5(x.mean(dim=1, keepdim=True))
-        dec = self.decoder(x, feats, laplacian)
+        dec = self.decoder(x, feats, laplacian, release_features=True)  # feats is ours: freed as used
         return BiRefNetOutput(
             logits=dec.logits,
             side_logits=dec.side_logits,

@@ -188,7 +188,12 @@ class Decoder(nn.Module):
         return p * attn
 
     def forward(
-        self, x: torch.Tensor, features: Sequence[torch.Tensor], image_laplacian: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        features: Sequence[torch.Tensor],
+        image_laplacian: torch.Tensor | None = None,
+        *,
+        release_features: bool = False,
     ) -> DecoderOutput:
         """Decode.
 
@@ -197,8 +202,14 @@ class Decoder(nn.Module):
             features: (x1, x2, x3, x4) encoder features at strides 4, 8, 16, 32 (x4 squeezed).
             image_laplacian: (B, 1, H, W) Laplacian of the channel-mean image; given in training
                 with outward reference, when gradient targets are wanted.
+            release_features: ``features`` is a list the caller hands over: it is emptied, so each
+                map is freed once its stage has used it (at inference, where nothing else keeps it).
+                BiRefNet's forward does this: swin_v1_l's stride-4 map alone is 96 MB at 1024x1024,
+                and otherwise it would be held through the last decoder stage, the forward's peak.
         """
         x1, x2, x3, x4 = features
+        if release_features:
+            features.clear()  # type: ignore[attr-defined]  # a list, by the contract above
         train_heads = self.training and self.config.multi_scale_supervision
         side: list[torch.Tensor] | None = [] if train_heads else None
         want_grad = train_heads and self.config.outward_reference and image_laplacian is not None
@@ -209,24 +220,25 @@ class Decoder(nn.Module):
         # early; at inference the lateral sum is in place (the stride-4 maps are 100 MB each for
         # swin_v1_l at 1024x1024).
         p4 = self._inward(x, x4, 5, parts=True)
+        del x4
         p4 = self.decoder_block4(p4)
         p4 = self._outward(p4, 4, image_laplacian, side, grad_logits, grad_targets)
 
         p3 = self._lateral_sum(p4, self.lateral_block4(x3))
-        del p4
+        del p4, x3
         p3 = self._inward(x, p3, 4, parts=True)
         p3 = self.decoder_block3(p3)
         p3 = self._outward(p3, 3, image_laplacian, side, grad_logits, grad_targets)
 
         p2 = self._lateral_sum(p3, self.lateral_block3(x2))
-        del p3
+        del p3, x2
         p2 = self._inward(x, p2, 3, parts=True)
         p2 = self.decoder_block2(p2)
         p2 = self._outward(p2, 2, image_laplacian, side, grad_logits, grad_targets)
 
         trim_heap_at_stage_end(x, self.training)
         p1 = self._lateral_sum(p2, self.lateral_block2(x1))
-        del p2
+        del p2, x1
         p1 = self._inward(x, p1, 2, parts=True)
         p1 = self.decoder_block1(p1)
         if self.training:

@@ -533,11 +533,50 @@ _ONEDNN_CHUNK = 2048
 # page-faulted in, which ate the gain over MKL writing into the workspace.
 _ONEDNN_QKV_MAX_BYTES = 64 * 2**20
 
+#: At float32 CPU inference on AVX-512 (the oneDNN path), run each stage's blocks window chunk by window
+#: chunk (:meth:`SwinBlock.forward_streamed`) instead of over whole-map temporaries. Read per stage call;
+#: ``benchmarks/ab_switch.py --switch streamed-windows`` compares both.
+STREAM_WINDOWS = True
+
+# Tokens (window slots) per chunk of the streamed path: the chunk's gathered tokens, their qkv and the
+# attention output (1.5-9 MB at these sizes) stay in the cache from the gather to the scatter.
+_STREAM_TOKENS = 4096
+
+
+@functools.lru_cache(maxsize=64)
+def _stream_plan(
+    height: int, width: int, ws: int, shift: int, tokens: int
+) -> tuple[tuple[int, int, torch.Tensor | None, torch.Tensor], ...]:
+    """Window chunks of :meth:`SwinBlock.forward_streamed` for an ``height x width`` map (cached per size).
+
+    Returns ``(start, stop, rows, index)`` per chunk: windows ``[start, stop)`` of the
+    :func:`window_layout` order (never straddling a query group, hence never ``num_unmasked``), the
+    group's real slots ``rows`` (None when all ``ws * ws`` are real), and ``index``, the map position of
+    each real slot of the chunk, window-major: the tokens to gather, and where their outputs go.
+    """
+    layout = _window_layout_cpu(height, width, ws, shift)
+    n = ws * ws
+    per = max(1, tokens // n)
+    gather = layout.gather_index.view(-1, n)
+    chunks = []
+    with torch.inference_mode(False), torch.no_grad():  # cached beyond the call, as the layout is
+        for lo, hi, rows in layout.query_groups:
+            for start in range(lo, hi, per):
+                stop = min(start + per, hi)
+                index = gather[start:stop] if rows is None else gather[start:stop, rows]
+                chunks.append((start, stop, rows, index.reshape(-1).contiguous()))
+    return tuple(chunks)
+
 
 def _onednn_linear_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
     """Whether ``modules`` may run on ``x`` through oneDNN's fused kernels (:mod:`birefnet.models.onednn`:
     float32 CPU inference on AVX-512) as plain float Linears."""
     return onednn.use_onednn(x) and all(_plain_linear(m, x) for m in modules)
+
+
+def _linears(block: SwinBlock) -> tuple[nn.Module, ...]:
+    """The four projections of a Swin block: qkv, attention output, MLP fc1 and fc2."""
+    return block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2
 
 
 def _onednn_linear(module: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
@@ -683,6 +722,68 @@ class SwinBlock(nn.Module):
         torch.ops.aten.gelu_(hidden)
         return _linear_plus(self.mlp.fc2, hidden, x)
 
+    def forward_streamed(
+        self,
+        x: torch.Tensor,
+        layout: WindowLayout,
+        plan: tuple[tuple[int, int, torch.Tensor | None, torch.Tensor], ...],
+        attended: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """:meth:`forward` at float32 CPU inference on the oneDNN path, chunk by chunk, into ``out``.
+
+        Attention runs per chunk of windows (:func:`_stream_plan`): gather the chunk's real tokens,
+        LayerNorm, qkv projection (padding slots get the qkv bias, as zero tokens would), attention, and
+        the output rows copied to their map positions in ``attended``. Then the output projection, the
+        residual and the MLP run per chunk of tokens into ``out``. Per token and per window these are the
+        operations of :meth:`forward` (float32 outputs agree to ~1e-6 relative), but no temporary is
+        larger than a chunk: at swin_v1_l's first stage at 1024² a block allocated and page-faulted ~300
+        MB of map-sized temporaries (LayerNorm output, window gather, attention output, merged output,
+        two residual sums) besides the 204 MB qkv workspace, and each chunk's qkv stays in the cache
+        between its projection and its attention.
+
+        Args:
+            x: ``(B, H*W, C)`` block input, contiguous.
+            layout: :func:`window_layout` of the map for this block's shift.
+            plan: :func:`_stream_plan` of the same map and shift.
+            attended: ``(B, H*W, C)`` buffer for the attention output (overwritten).
+            out: ``(B, H*W, C)`` buffer for the block output; may be ``x`` itself (each token's rows are
+                read before they are written).
+        """
+        b, _, c = x.shape
+        attn = self.attn
+        heads = attn.num_heads
+        n = self.window_size * self.window_size
+        bias = attn.relative_position_bias().unsqueeze(0)  # (1, heads, N, N), broadcast over windows
+        m = layout.num_unmasked
+        masked_bias = None
+        if layout.boundary_mask is not None:
+            masked_bias = layout.boundary_mask.unsqueeze(1) + bias  # (nW - m, heads, N, N)
+        qkv_bias = attn.qkv.bias if attn.qkv.bias is not None else x.new_zeros(3 * c)
+        for i in range(b):
+            tokens, target = x[i], attended[i]
+            for start, stop, rows, index in plan:
+                windows = stop - start
+                projected = _onednn_linear(attn.qkv, self.norm1(tokens.index_select(0, index)))
+                if rows is None:
+                    qkv = projected.view(windows, n, 3 * c)
+                else:  # padding slots: zero tokens after norm1, so their qkv is the bias
+                    qkv = qkv_bias.expand(windows, n, 3 * c).contiguous()
+                    qkv.index_copy_(1, rows, projected.view(windows, -1, 3 * c))
+                q, k, v = qkv.view(windows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+                mask = bias if start < m else masked_bias[start - m : stop - m]
+                if rows is not None:  # query rows of real tokens only (padding outputs are cropped)
+                    q, mask = q.index_select(2, rows), mask.index_select(2, rows)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (windows, heads, rows, d)
+                target.index_copy_(0, index, o.transpose(1, 2).reshape(-1, c))
+        flat, flat_attended, flat_out = x.view(-1, c), attended.view(-1, c), out.view(-1, c)
+        for j in range(0, flat.shape[0], _ONEDNN_CHUNK):
+            part = _onednn_linear_add(
+                attn.proj, flat_attended[j : j + _ONEDNN_CHUNK], flat[j : j + _ONEDNN_CHUNK]
+            )
+            hidden = _onednn_linear(self.mlp.fc1, self.norm2(part), gelu=True)
+            flat_out[j : j + _ONEDNN_CHUNK] = _onednn_linear_add(self.mlp.fc2, hidden, part)
+
     def _project_qkv(self, tokens: torch.Tensor, out: torch.Tensor | None, fused: bool) -> torch.Tensor:
         """``attn.qkv(tokens)`` for ``(B, M, C)`` tokens -> ``(B, M, 3C)``: into ``out`` when given (with
         oneDNN when ``fused``, chunk by chunk copied in; else MKL writes it), else a fresh tensor (oneDNN
@@ -823,6 +924,23 @@ class SwinStage(nn.Module):
         }
         # CPU inference: the blocks share one buffer for their largest temporaries (see _Workspace).
         inference = not self.training and not torch.is_grad_enabled() and x.device.type == "cpu"
+        if (
+            inference
+            and STREAM_WINDOWS
+            and all(_onednn_linear_ok(x, *_linears(block)) for block in self.blocks)
+        ):
+            # oneDNN path: window chunk by window chunk, the block output written in place from the
+            # second block on (SwinBlock.forward_streamed)
+            b, h, w, c = x.shape
+            tokens = x.reshape(b, h * w, c)
+            attended, out = torch.empty_like(tokens), torch.empty_like(tokens)
+            for block in self.blocks:
+                plan = _stream_plan(h, w, self.window_size, block.shift, _STREAM_TOKENS)
+                block.forward_streamed(tokens, layouts[block.shift], plan, attended, out)
+                tokens = out
+            del attended
+            x = out.view(b, h, w, c)
+            return x, (self.downsample(x) if self.downsample is not None else x)
         workspace = _Workspace() if inference else None
         for block in self.blocks:
             x = block(x, layouts[block.shift], workspace)
