@@ -50,7 +50,10 @@ GROUPS = {
     "aten.baddbmm": "GEMM (linear, deformable products)",
     "aten.conv2d": "convolution",
     "aten.convolution": "convolution",
-    "aten.scaled_dot_product_attention": "attention (SDPA)",
+    "aten.scaled_dot_product_attention": "attention (SDPA or matmul)",
+    # the streamed Swin's attention products (swin._attend); under inference_mode a dispatch mode sees
+    # matmul itself, not the bmm it becomes
+    "aten.matmul": "attention (SDPA or matmul)",
     "aten.embedding_bag": "deformable sampling (embedding_bag)",
 }
 
@@ -114,6 +117,8 @@ def _flops(func, args, out) -> float:
     if name in ("aten.conv2d", "aten.convolution"):  # weight (O, C / groups, kh, kw)
         w = args[1].shape
         return 2.0 * out.numel() * w[1] * w[2] * w[3]
+    if name == "aten.matmul":  # (..., M, K) @ (..., K, N)
+        return 2.0 * out.numel() * args[0].shape[-1]
     if name == "aten.scaled_dot_product_attention":
         q, k = args[0].shape, args[1].shape  # (B, H, L, E), (B, H, S, E)
         return 4.0 * q[0] * q[1] * q[2] * k[2] * q[3]

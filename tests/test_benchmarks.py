@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -37,17 +38,20 @@ def test_recorder_groups_the_compute_calls_and_counts_their_flops():
         torch.mm(a, b)
         torch.mm(a, b)  # the same signature again: one entry, two calls
         F.scaled_dot_product_attention(q, k, v)
+        torch.matmul(q, k.transpose(-2, -1))  # the streamed Swin's attention product
         (x + 1).relu_()  # glue: not recorded
     by_group = {}
     for call in recorder.calls.values():
         by_group.setdefault(call["group"], []).append(call)
-    assert set(by_group) == {"convolution", "GEMM (linear, deformable products)", "attention (SDPA)"}
+    attention = "attention (SDPA or matmul)"
+    assert set(by_group) == {"convolution", "GEMM (linear, deformable products)", attention}
     (conv,) = by_group["convolution"]
     assert conv["flops"] == 2 * (4 * 16 * 16) * (8 * 3 * 3)
     (mm,) = by_group["GEMM (linear, deformable products)"]
     assert mm["n"] == 2 and mm["flops"] == 2 * 32 * 24 * 40
-    (attention,) = by_group["attention (SDPA)"]
-    assert attention["flops"] == 4 * 5 * 2 * 49 * 49 * 16
+    sdpa, product = sorted(by_group[attention], key=lambda call: -call["flops"])
+    assert sdpa["flops"] == 4 * 5 * 2 * 49 * 49 * 16
+    assert product["flops"] == 2 * 5 * 2 * 49 * 49 * 16
 
 
 def test_replay_uses_the_recorded_shapes_and_strides():
@@ -78,17 +82,23 @@ def test_integer_operands_keep_their_values():
         assert ceiling.isolated_best(func, args, kwargs, repeats=1) > 0
 
 
-def test_ab_switch_compares_a_per_process_switch_across_two_workers(capsys):
-    """keep-heap cannot be flipped within a process: ab_switch runs one warm worker per side and
-    alternates forwards between them (64² here: the mechanics only; the heap handling starts at 512²)."""
+@pytest.mark.parametrize(
+    ("switch", "labels", "exact"),
+    [("keep-heap", "trimmed heap/kept heap", True), ("streamed-windows", "map-sized/streamed", False)],
+)
+def test_ab_switch_compares_a_per_process_switch_across_two_workers(capsys, switch, labels, exact):
+    """keep-heap and streamed-windows change what the heap holds, so ab_switch runs one warm worker per
+    side and alternates forwards between them (64² here: the mechanics only; the heap handling starts
+    at 512², and the streamed path runs on AVX-512 CPUs only)."""
     path = ROOT / "benchmarks" / "ab_switch.py"
     spec = importlib.util.spec_from_file_location("birefnet_benchmark_ab_switch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(
-        ["--switch", "keep-heap", "--variant", "swin_v1_t", "--size", "64", "--pairs", "2", "--threads", "1"]
+        ["--switch", switch, "--variant", "swin_v1_t", "--size", "64", "--pairs", "2", "--threads", "1"]
     )
     out = capsys.readouterr().out
     assert out.count("pair ") == 2
-    assert "trimmed heap/kept heap" in out
-    assert "max |prob difference| 0.0e+00" in out
+    assert labels in out
+    difference = float(out.rsplit("max |prob difference| ", 1)[1].split()[0])
+    assert difference == 0.0 if exact else difference < 1e-5

@@ -23,7 +23,9 @@ about 1e-6 relative):
   a per-token linear map, so only the wasted work on padded tokens changes);
 * at float32 CPU inference on AVX-512 machines the projections run through oneDNN's fused linear
   kernels (:mod:`birefnet.models.onednn`): bias, GELU and residual sums inside the product, the MLP
-  in chunks of tokens (same values up to float rounding).
+  in chunks of tokens (same values up to float rounding); and each stage runs window chunk by window
+  chunk (:meth:`SwinBlock.forward_streamed`), with attention written out as two batched products
+  over a few windows at a time instead of SDPA (same values up to float rounding, ~1e-6).
 
 Under ``torch.export`` / ONNX export (and TorchScript tracing) the blocks take a second, traceable
 path (:meth:`SwinBlock.forward_traceable`): the cached gathers above are built per Python-int size
@@ -754,9 +756,10 @@ class SwinBlock(nn.Module):
         residual and the MLP run per chunk of tokens into ``out``. Per token and per window these are the
         operations of :meth:`forward` (float32 outputs agree to ~1e-6 relative), but no temporary is
         larger than a chunk: at swin_v1_l's first stage at 1024² a block allocated and page-faulted ~300
-        MB of map-sized temporaries (LayerNorm output, window gather, attention output, merged output,
-        two residual sums) besides the 204 MB qkv workspace, and each chunk's qkv stays in the cache
-        between its projection and its attention.
+        MB of map-sized temporaries (the LayerNorm output, the attention output and SDPA's own, the merged
+        output, two residual sums) besides the 204 MB qkv workspace, and each chunk's qkv stays in the
+        cache between its projection and its attention. Attention is :func:`_attend` over ~2 MB of
+        scores at a time (faster than SDPA at these shapes, see :data:`_SCORES_BYTES`).
 
         Args:
             x: ``(B, H*W, C)`` block input, contiguous.
