@@ -575,6 +575,23 @@ def test_lateral_sum_inference_equals_training_form():
     assert rel_error(ours, ref) < 1e-13
 
 
+def test_decoder_releases_the_features_it_is_handed():
+    """BiRefNet's forward hands its encoder maps to the decoder (release_features=True): the list is
+    emptied so each map can be freed once used, and the logits are those of a call that keeps them."""
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        feats, _ = model.forward_encoder(x)
+        feats[3] = model.squeeze_module(feats[3])
+        kept = model.decoder(x, tuple(feats)).logits
+        handed = list(feats)
+        released = model.decoder(x, handed, release_features=True).logits
+        whole = model(x).logits
+    assert handed == []
+    assert torch.equal(released, kept) and torch.equal(whole, kept)
+
+
 def test_patch_embed_channels_last_equals_official_order():
     """PatchEmbed feeds oneDNN a channels-last image on the CPU; same values as conv -> permute -> norm."""
     from birefnet.models.backbones.swin import PatchEmbed
