@@ -757,9 +757,10 @@ class SwinBlock(nn.Module):
         operations of :meth:`forward` (float32 outputs agree to ~1e-6 relative), but no temporary is
         larger than a chunk: at swin_v1_l's first stage at 1024² a block allocated and page-faulted ~300
         MB of map-sized temporaries (the LayerNorm output, the attention output and SDPA's own, the merged
-        output, two residual sums) besides the 204 MB qkv workspace, and each chunk's qkv stays in the
-        cache between its projection and its attention. Attention is :func:`_attend` over ~2 MB of
-        scores at a time (faster than SDPA at these shapes, see :data:`_SCORES_BYTES`).
+        output, two residual sums) besides the 204 MB qkv workspace; and at that stage a chunk's qkv
+        (9 MB) can stay in the cache between its projection and its attention. Attention is
+        :func:`_attend` over ~2 MB of scores at a time (faster than SDPA at these shapes, see
+        :data:`_SCORES_BYTES`).
 
         Args:
             x: ``(B, H*W, C)`` block input, contiguous.
