@@ -147,12 +147,12 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
         return
 
     setter, off_label, on_label = SWITCHES[args.switch]
+    if args.switch in ("onednn", "streamed-windows") and not onednn.available():
+        print(f"this CPU has no AVX-512 (or torch no oneDNN): both sides of {args.switch} take the same path")
     if args.switch in PER_PROCESS:
         off, on, diff = _two_processes(args, off_label, on_label)
         _report(args, off_label, on_label, off, on, diff)
         return
-    if args.switch == "onednn" and not onednn.available():
-        print("this CPU has no AVX-512 (or torch no oneDNN): both runs take MKL")
     model, x = _model_and_input(args)
 
     def forward(on: bool) -> tuple[float, torch.Tensor]:

@@ -199,9 +199,10 @@ def trim_heap_at_stage_end(x: torch.Tensor, training: bool) -> None:
     The first time a process with kept pages is found over that budget (or cannot tell: glibc older
     than 2.33), it goes back to glibc's usual handling at once (large blocks mapped and returned when
     freed, above 32 MB, where glibc's dynamic threshold ends up; the heap's free top trimmed above
-    64 MB) and stops keeping pages for good. Kept pages would otherwise add up to the peak RSS: swin_v1_l at 1024x1024 measured 1.84-1.95
-    GB with them and trims at every stage end, 1.75 GB without them. Training, accelerator tensors,
-    export/tracing and inputs under 512x512 skip all of this.
+    64 MB) and stops keeping pages for good. Kept pages would otherwise add up to the peak RSS:
+    swin_v1_l at 1024x1024 measured 1.84-1.95 GB with them and trims at every stage end, 1.75 GB
+    without them. Training, accelerator tensors, export/tracing and inputs under 512x512 skip all of
+    this.
     """
     if not _large_cpu_inference(x, training):
         return

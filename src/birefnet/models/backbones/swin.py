@@ -668,9 +668,7 @@ class SwinBlock(nn.Module):
         if workspace is not None and not (_plain_linear(self.attn.qkv, x) and _plain_linear(self.mlp.fc1, x)):
             workspace = None  # a replaced (e.g. quantised) layer cannot write into a given buffer
         b, h, w, c = x.shape
-        fused = workspace is not None and _onednn_linear_ok(
-            x, self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2
-        )
+        fused = workspace is not None and _onednn_linear_ok(x, *_linears(self))
         n_win = layout.num_windows * self.window_size * self.window_size
         # Right/bottom zero padding to window multiples comes *after* norm1: padded tokens are zero
         # vectors that take part in attention unmasked and are cropped afterwards (Swin-det
