@@ -18,6 +18,9 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``fp16-weights-optimize``: what ``Predictor(precision="fp16", optimize="half-weights,cuda-graph")`` runs:
   the fp16 model through :class:`birefnet.models.optimize.CudaGraphs` (captured on the second call of a
   size, one size kept);
+* ``*-1stream``: the same mode with :data:`birefnet.models.streams.ENABLED` off, i.e. the whole forward on
+  one CUDA stream (every other mode runs the half-size backbone pass and the decoder's image-only work
+  on a second stream);
 * ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
   per-kernel launch cost of the Python forward; static input size);
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
@@ -53,7 +56,7 @@ from collections.abc import Callable
 
 import torch
 
-from birefnet.models import deform_conv
+from birefnet.models import deform_conv, streams
 
 _OUR_DEFORM_CONV2D = deform_conv.deform_conv2d
 
@@ -75,6 +78,8 @@ MODES = (
     "bf16-weights-compile",
     "bf16-weights-compile-graph",
     "fp16-weights-optimize",
+    "bf16-weights-graph-1stream",
+    "fp16-weights-graph-1stream",
 )
 
 
@@ -169,6 +174,7 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
     deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
     # Every mode but one runs the fused Triton deformable convolution where Triton is present.
     deform_conv.USE_TRITON = mode != "bf16-gather"
+    streams.ENABLED = not mode.endswith("-1stream")
     if mode == "bf16-tvdeform":  # comparison only: torchvision's CUDA kernel, the official code's
         from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
@@ -419,10 +425,24 @@ def main() -> None:
     _set_tf32(False)
     with torch.inference_mode():
         reference = model(x1.to(device)).logits.float()
+        if device.type == "cuda":  # the second stream runs the same kernels: the same logits
+            streams.ENABLED = False
+            one_stream = model(x1.to(device)).logits.float()
+            streams.ENABLED = True
+            header["two_vs_one_stream_max_abs_logit"] = float((reference - one_stream).abs().max())
+            print(
+                f"fp32, two streams vs one: max |d logits| {header['two_vs_one_stream_max_abs_logit']:.2e}",
+                flush=True,
+            )
     if args.check_cpu and device.type != "cpu":
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            cpu_logits = cpu_model(x1).logits
+        try:
+            with torch.inference_mode():
+                cpu_logits = cpu_model(x1).logits
+        except Exception as exc:  # report it and go on to the GPU modes
+            cpu_logits = None
+            print(f"CPU forward FAILED {type(exc).__name__}: {exc}"[:400], flush=True)
+    if args.check_cpu and device.type != "cpu" and cpu_logits is not None:
         gpu_logits = reference.cpu()
         header["gpu_vs_cpu_rel_error"] = float((gpu_logits - cpu_logits).norm() / cpu_logits.norm())
         header["gpu_vs_cpu_max_abs_prob"] = float((gpu_logits.sigmoid() - cpu_logits.sigmoid()).abs().max())

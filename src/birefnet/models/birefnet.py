@@ -11,6 +11,7 @@ from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, re
 from birefnet.models.decoder import Decoder, laplacian_5x5
 from birefnet.models.memory import prepare_heap, release_heap, trim_heap_at_stage_end
 from birefnet.models.output import BiRefNetOutput
+from birefnet.models.streams import side_stream
 
 # ImageNet normalisation the released weights expect (RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,13 +84,25 @@ class BiRefNet(nn.Module):
         Returns the four maps (strides 4, 8, 16, 32; x4 carries the context channels) and the
         auxiliary class logits (training with auxiliary classification only, else None).
         """
-        feats = list(self.bb(x))
-        trim_heap_at_stage_end(x, self.training)
         mode = self.config.multi_scale_input
-        if mode:
-            h, w = x.shape[-2:]
-            half = self.bb(resize(x, (h // 2, w // 2)))
+        side = side_stream(x) if mode else None
+        if side is not None:  # CUDA inference: the half-size pass beside the full-size one
+            main = torch.cuda.current_stream(x.device)
+            x_half = resize(x, (x.shape[-2] // 2, x.shape[-1] // 2))
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                half = self.bb(x_half)
+            feats = list(self.bb(x))
+            main.wait_stream(side)
+            del x_half  # held until the join: the side stream read it
+        else:
+            feats = list(self.bb(x))
             trim_heap_at_stage_end(x, self.training)
+            if mode:
+                h, w = x.shape[-2:]
+                half = self.bb(resize(x, (h // 2, w // 2)))
+                trim_heap_at_stage_end(x, self.training)
+        if mode:
             for i, (f, g) in enumerate(zip(feats, half)):
                 g = resize(g, f.shape[-2:])
                 feats[i] = torch.cat([f, g], dim=1) if mode == "cat" else f + g

@@ -29,6 +29,7 @@ from birefnet.models.blocks import (
     resize,
 )
 from birefnet.models.memory import trim_heap_at_stage_end
+from birefnet.models.streams import side_stream
 from birefnet.models.tracing import is_tracing
 
 DECODER_BLOCKS: dict[str, type[nn.Module]] = {"BasicDecBlk": BasicDecBlk, "ResBlk": ResBlk}
@@ -138,25 +139,67 @@ class Decoder(nn.Module):
                     )
 
     def _inward(
-        self, x: torch.Tensor, feat: torch.Tensor, stage: int, parts: bool = False
+        self,
+        x: torch.Tensor,
+        feat: torch.Tensor,
+        stage: int,
+        parts: bool = False,
+        ahead: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Concatenate the encoded image patches of ``stage`` to ``feat`` (B, C, h, w).
 
         With ``parts`` at inference (no autograd, not exporting) the pair ``(feat, encoded)`` is
         returned instead, for a decoder block to convolve without concatenating
-        (:func:`birefnet.models.blocks.conv_over_parts`).
+        (:func:`birefnet.models.blocks.conv_over_parts`). ``ahead``: the encoding, already computed
+        (on the side stream, :meth:`_ahead`).
         """
         if not self.config.inward_reference:
             return feat
-        size = feat.shape[-2:]
+        encoded = self._encode_patches(x, feat.shape[-2:], stage) if ahead is None else ahead
+        if parts and not torch.is_grad_enabled() and not is_tracing():
+            return feat, encoded
+        return torch.cat((feat, encoded), dim=1)
+
+    def _encode_patches(self, x: torch.Tensor, size: torch.Size, stage: int) -> torch.Tensor:
+        """``ipt_blk{stage}`` over the image's patches of ``size`` stacked on channels: (B, E, *size)."""
         if self.config.inward_reference_split:
             patches = image_to_patches(x, size, self.config.patch_order)
         else:
             patches = resize(x, size)
-        encoded = getattr(self, f"ipt_blk{stage}")(resize(patches, size))
-        if parts and not torch.is_grad_enabled() and not is_tracing():
-            return feat, encoded
-        return torch.cat((feat, encoded), dim=1)
+        return getattr(self, f"ipt_blk{stage}")(resize(patches, size))
+
+    def _ahead(
+        self, side: torch.cuda.Stream, x: torch.Tensor, maps: Sequence[torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor | None, torch.cuda.Event]]:
+        """Enqueue on ``side`` the inference work that reads only the image and the encoder maps.
+
+        That is each stage's patch encoding (``ipt5`` ... ``ipt2``), the lateral blocks (``lat4`` ...
+        ``lat2``) and the image's share of the final logits (``final``), in the order the decoder
+        chain needs them. Each comes back with an event recorded after it; the chain waits on the
+        event before it reads the tensor (see :mod:`birefnet.models.streams` for why the memory is
+        safe: the caller keeps every map until it has waited for the work that reads it).
+        """
+        x1, x2, x3, x4 = maps
+        cfg = self.config
+        main = torch.cuda.current_stream(x.device)
+        side.wait_stream(main)
+        done: dict[str, tuple[torch.Tensor | None, torch.cuda.Event]] = {}
+        with torch.cuda.stream(side):
+            for name, make in (
+                ("ipt5", lambda: self._encode_patches(x, x4.shape[-2:], 5) if cfg.inward_reference else None),
+                ("lat4", lambda: self.lateral_block4(x3)),
+                ("ipt4", lambda: self._encode_patches(x, x3.shape[-2:], 4) if cfg.inward_reference else None),
+                ("lat3", lambda: self.lateral_block3(x2)),
+                ("ipt3", lambda: self._encode_patches(x, x2.shape[-2:], 3) if cfg.inward_reference else None),
+                ("lat2", lambda: self.lateral_block2(x1)),
+                ("ipt2", lambda: self._encode_patches(x, x1.shape[-2:], 2) if cfg.inward_reference else None),
+                ("final", lambda: self._final_image_part(x)),
+            ):
+                out = make()
+                event = torch.cuda.Event()
+                event.record(side)
+                done[name] = (out, event)
+        return done
 
     def _outward(
         self,
@@ -219,33 +262,50 @@ class Decoder(nn.Module):
         # Each stage's input is rebound before the block runs, so the pre-concatenation map is freed
         # early; at inference the lateral sum is in place (the stride-4 maps are 100 MB each for
         # swin_v1_l at 1024x1024).
-        p4 = self._inward(x, x4, 5, parts=True)
+
+        # CUDA inference: what reads only the image and the encoder maps runs ahead on a second stream
+        stream = None if self.training else side_stream(x)
+        ahead = self._ahead(stream, x, (x1, x2, x3, x4)) if stream is not None else {}
+
+        def take(name: str) -> torch.Tensor | None:
+            """The ahead result ``name`` once the side stream has made it; None without a side stream."""
+            if name not in ahead:
+                return None
+            out, event = ahead.pop(name)
+            torch.cuda.current_stream(x.device).wait_event(event)
+            return out
+
+        def lateral(name: str, block: nn.Module, feat: torch.Tensor) -> torch.Tensor:
+            out = take(name)
+            return block(feat) if out is None else out
+
+        p4 = self._inward(x, x4, 5, parts=True, ahead=take("ipt5"))
         del x4
         p4 = self.decoder_block4(p4)
         p4 = self._outward(p4, 4, image_laplacian, side, grad_logits, grad_targets)
 
-        p3 = self._lateral_sum(p4, self.lateral_block4(x3))
+        p3 = self._lateral_sum(p4, lateral("lat4", self.lateral_block4, x3))
         del p4, x3
-        p3 = self._inward(x, p3, 4, parts=True)
+        p3 = self._inward(x, p3, 4, parts=True, ahead=take("ipt4"))
         p3 = self.decoder_block3(p3)
         p3 = self._outward(p3, 3, image_laplacian, side, grad_logits, grad_targets)
 
-        p2 = self._lateral_sum(p3, self.lateral_block3(x2))
+        p2 = self._lateral_sum(p3, lateral("lat3", self.lateral_block3, x2))
         del p3, x2
-        p2 = self._inward(x, p2, 3, parts=True)
+        p2 = self._inward(x, p2, 3, parts=True, ahead=take("ipt3"))
         p2 = self.decoder_block2(p2)
         p2 = self._outward(p2, 2, image_laplacian, side, grad_logits, grad_targets)
 
         trim_heap_at_stage_end(x, self.training)
-        p1 = self._lateral_sum(p2, self.lateral_block2(x1))
+        p1 = self._lateral_sum(p2, lateral("lat2", self.lateral_block2, x1))
         del p2, x1
-        p1 = self._inward(x, p1, 2, parts=True)
+        p1 = self._inward(x, p1, 2, parts=True, ahead=take("ipt2"))
         p1 = self.decoder_block1(p1)
         if self.training:
             p1 = resize(p1, x.shape[-2:])
             logits = self.conv_out1(self._inward(x, p1, 1))
         else:
-            logits = self._final_logits_eval(x, p1)
+            logits = self._final_logits_eval(x, p1, image_part=take("final"))
         return DecoderOutput(logits, side, grad_logits, grad_targets)
 
     @staticmethod
@@ -264,7 +324,9 @@ class Decoder(nn.Module):
             coarse = coarse.contiguous()
         return lateral.add_(resize(coarse, lateral.shape[-2:]))
 
-    def _final_logits_eval(self, x: torch.Tensor, p1: torch.Tensor) -> torch.Tensor:
+    def _final_logits_eval(
+        self, x: torch.Tensor, p1: torch.Tensor, image_part: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``conv_out1(cat(resize(p1), ipt_blk1(x)))`` computed without full-resolution feature maps.
 
         The last stage is linear end to end: ``conv_out1`` is a 1x1 convolution, the bilinear resize
@@ -280,25 +342,37 @@ class Decoder(nn.Module):
         Args:
             x: (B, 3, H, W) normalised image.
             p1: (B, C, h, w) output of ``decoder_block1`` (stride 4).
+            image_part: :meth:`_final_image_part` of ``x`` where already computed (on the side
+                stream); None: computed here (it is cheap to redo where it is None itself).
 
         Returns:
             (B, 1, H, W) logits.
         """
         head = self.conv_out1[0]
         c = p1.shape[1]
+        logits = resize(F.conv2d(p1, head.weight[:, :c]), x.shape[-2:])
+        if image_part is None:
+            image_part = self._final_image_part(x)
+        return logits if image_part is None else logits + image_part
+
+    def _final_image_part(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The share of the final logits that reads only the image (:meth:`_final_logits_eval`): the
+        folded patch encoder, (B, 1, H, W), with ``conv_out1``'s bias; the bias alone, (1, 1, 1, 1),
+        without inward reference; None with neither."""
+        head = self.conv_out1[0]
         w = head.weight  # (1, C + E, 1, 1)
-        logits = resize(F.conv2d(p1, w[:, :c]), x.shape[-2:])
         bias = head.bias
         if not self.config.inward_reference:
-            return logits if bias is None else logits + bias.view(1, -1, 1, 1)
+            return None if bias is None else bias.view(1, -1, 1, 1)
         # at stage 1 the patch grid is 1x1, so the encoder's input is the image itself
         blk = self.ipt_blk1
+        c = w.shape[1] - blk.conv_out.out_channels
         w_enc = w[:, c:, 0, 0]  # (1, E)
         w2 = torch.einsum("oe,eikl->oikl", w_enc, blk.conv_out.weight)  # (1, 64, 3, 3)
         b2 = w_enc @ blk.conv_out.bias
         if bias is not None:
             b2 = b2 + bias
-        return logits + _two_convs(x, blk.conv1.weight, blk.conv1.bias, w2, b2)
+        return _two_convs(x, blk.conv1.weight, blk.conv1.bias, w2, b2)
 
 
 def _two_convs(

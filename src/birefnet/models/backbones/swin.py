@@ -188,7 +188,13 @@ def _window_layout_on(
                 (lo, hi, None if rows is None else rows.to(device)) for lo, hi, rows in cpu.query_groups
             ),
         )
-        return _with_float_mask(on_device, dtype)
+        layout = _with_float_mask(on_device, dtype)
+    if device.type == "cuda":
+        # Complete before any stream reads it: the half-size backbone pass on a second stream
+        # (birefnet.models.streams) shares map sizes with the full-size pass (its 128x128 stage 0 is
+        # the full pass's stage 1), and would otherwise race the other stream's first copy.
+        torch.cuda.current_stream(device).synchronize()
+    return layout
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,103 @@
+"""The second CUDA stream of GPU inference (birefnet.models.streams), checked on the CPU with fake streams:
+the forward computes the same logits, and every piece of side work is joined back before it is read."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from birefnet import BiRefNet, BiRefNetConfig
+from birefnet.models import birefnet as birefnet_module
+from birefnet.models import decoder as decoder_module
+from birefnet.models import streams
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.current = "main"
+        self.calls: list[tuple] = []
+
+
+class _FakeStream:
+    def __init__(self, log: _Log, name: str) -> None:
+        self.log, self.name = log, name
+
+    def wait_stream(self, other: _FakeStream) -> None:
+        self.log.calls.append(("wait_stream", self.name, other.name))
+
+    def wait_event(self, event: _FakeEvent) -> None:
+        event.waited_by.append(self.name)
+        self.log.calls.append(("wait_event", self.name, event.label))
+
+
+class _FakeEvent:
+    def __init__(self, log: _Log) -> None:
+        self.log, self.label, self.waited_by = log, None, []
+        log.calls.append(("event", self))
+
+    def record(self, stream: _FakeStream) -> None:
+        self.label = len([c for c in self.log.calls if c[0] == "record"])
+        self.recorded_on = stream.name
+        self.log.calls.append(("record", stream.name, self.label))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Fake CUDA streams and events: the side stream is "used" (its work runs at once on the CPU)."""
+    log = _Log()
+    main, side = _FakeStream(log, "main"), _FakeStream(log, "side")
+
+    @contextlib.contextmanager
+    def on(stream):
+        previous, log.current = log.current, stream.name
+        log.calls.append(("enter", stream.name))
+        try:
+            yield
+        finally:
+            log.current = previous
+            log.calls.append(("leave", stream.name))
+
+    def side_stream(x):
+        return side if streams.ENABLED and not torch.is_grad_enabled() else None
+
+    monkeypatch.setattr(birefnet_module, "side_stream", side_stream)
+    monkeypatch.setattr(decoder_module, "side_stream", side_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main if log.current == "main" else side)
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "Event", lambda *a, **k: _FakeEvent(log))
+    return log
+
+
+@pytest.mark.parametrize("inward", [True, False])
+def test_two_stream_forward_equals_one_stream(fake_cuda, inward, monkeypatch):
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0", inward_reference=inward)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        monkeypatch.setattr(streams, "ENABLED", False)
+        one = model(x).logits
+        assert not fake_cuda.calls  # one stream: no forks, no events
+        monkeypatch.setattr(streams, "ENABLED", True)
+        two = model(x).logits
+    assert torch.equal(one, two)
+    calls = fake_cuda.calls
+    # the half-size backbone pass: forked from the main stream and joined back into it
+    assert calls[0] == ("wait_stream", "side", "main")
+    assert ("wait_stream", "main", "side") in calls
+    # the decoder's work ahead: 8 pieces, each recorded on the side stream and waited for by the main one
+    events = [c[1] for c in calls if c[0] == "event"]
+    assert len(events) == 8
+    assert all(e.recorded_on == "side" and e.waited_by == ["main"] for e in events)
+    # each piece is waited for in the order it was made, and only after it was recorded
+    waits = [c[2] for c in calls if c[0] == "wait_event"]
+    assert waits == sorted(waits) == list(range(8))
+
+
+def test_side_stream_only_for_cuda_inference():
+    x = torch.zeros(1)
+    with torch.inference_mode():
+        assert streams.side_stream(x) is None  # CPU tensors never get one
+    with torch.enable_grad():
+        assert streams.side_stream(x) is None
