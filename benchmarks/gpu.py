@@ -161,6 +161,11 @@ def _graphed(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Ca
         static_out = run(static_x)
 
     def replay() -> torch.Tensor:
+        # static_x is named here so the closure keeps it: the graph reads the input from its memory,
+        # which was allocated outside the graph's pool. Without this, it was freed when this function
+        # returned, and a replay read whatever was allocated there next (garbage; or, after
+        # torch.cuda.empty_cache(), unmapped memory: the "illegal memory access" of 2026-11-27).
+        static_x.data_ptr()
         graph.replay()
         return static_out
 
@@ -317,7 +322,7 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
 
 #: Ways to run the graph-replay check (``--graph-replay``): as the bf16 autocast forward, and with one
 #: suspect taken out each: the Triton deformable kernel, cuDNN's attention, or autocast (bf16 weights).
-GRAPH_REPLAY_VARIANTS = ("bf16", "bf16-no-triton", "bf16-no-cudnn-sdpa", "bf16-weights")
+GRAPH_REPLAY_VARIANTS = ("bf16", "bf16-no-triton", "bf16-no-cudnn-sdpa", "bf16-weights", "cudagraphs-wrapper")
 
 
 def graph_replay_check(variant: str, size: int, batch: int, how: str) -> None:
@@ -334,8 +339,27 @@ def graph_replay_check(variant: str, size: int, batch: int, how: str) -> None:
     if how == "bf16-no-cudnn-sdpa":
         torch.backends.cuda.enable_cudnn_sdp(False)
     dtype = torch.float32
-    if how == "bf16-weights":
+    if how in ("bf16-weights", "cudagraphs-wrapper"):
         model, dtype = model.to(torch.bfloat16), torch.bfloat16
+    if how == "cudagraphs-wrapper":  # the Predictor's wrapper, allowed two graphs: b1, b8, then b1 again
+        from birefnet.models.optimize import CudaGraphs
+
+        wrapped = CudaGraphs(model, max_graphs=2)
+        x1 = torch.rand(1, 3, size, size, device=device, dtype=dtype)
+        xb = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
+        with torch.inference_mode():
+            outs = [wrapped(x1).logits.float() for _ in range(3)]  # eager, captured, replayed
+            eager_b1 = model(x1).logits.float()
+            for _ in range(3):
+                wrapped(xb)
+            torch.cuda.empty_cache()  # would unmap memory that a graph still read
+            again = wrapped(x1).logits.float()
+            torch.cuda.synchronize(device)
+        diffs = [float((o - eager_b1).abs().max()) for o in (*outs, again)]
+        print(
+            f"graph replay {how}: ok, max |diff| to eager (eager, capture, replay, after b{batch}): {diffs}"
+        )
+        return
     mode = "bf16-weights-graph" if how == "bf16-weights" else "bf16-graph"
 
     def run(x: torch.Tensor) -> torch.Tensor:
