@@ -26,9 +26,12 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
   size; ``bf16-compile-graph``: the same with ``mode="reduce-overhead"`` (CUDA graphs).
 
-``--graph-replay VARIANT...`` only checks the hazard found on an H100 on 2026-11-27: replaying a batch-1
-CUDA graph after a batch-N graph was captured hit an illegal memory access. Each variant (one suspect
-taken out) runs in its own process, and the output says which replays fail.
+``--graph-replay VARIANT...`` only checks that a batch-1 CUDA graph replays exactly after a batch-N graph
+was captured (each variant in its own process): the graph against a back-to-back replay and against
+its replay after the other capture; ``cudagraphs-wrapper`` runs the Predictor's wrapper with two
+graphs and ``torch.cuda.empty_cache()`` in between. (On an H100 on 2026-11-27 such a replay hit an
+illegal memory access: this script's graph helper had let its static input go while the graph read
+it. Fixed; all variants replay bit-identically since.)
 
 ``--check-cpu`` also runs the fp32 model on the CPU on the same weights and input and reports the
 GPU-vs-CPU relative logits error (the PARITY.md measure), so a run shows the CUDA path computes the
@@ -228,10 +231,8 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
             row["latency_ms_b1"] = seconds * 1000
         else:
             row[f"images_per_s_{name}"] = args.batch / seconds
-        # The batch's first image is the batch-1 input: each forward gives probabilities to compare. Taken
-        # right after this size's timing: a graph captured for one size is not replayed after the next
-        # size's capture (on an H100, 2026-11-27, replaying the batch-1 graph after the batch-8 capture
-        # hit an illegal memory access).
+        # The batch's first image is the batch-1 input: each forward gives probabilities to compare,
+        # taken right after this size's timing.
         with torch.inference_mode():
             probs[name] = fn()[:1].float().sigmoid().clone()
         _sync(device)

@@ -41,10 +41,13 @@ __all__ = ["MAX_GRAPHS", "OPTIMIZATIONS", "CudaGraphs", "optimize_for_inference"
 logger = logging.getLogger(__name__)
 
 OPTIMIZATIONS = ("channels_last", "compile", "int8", "half_weights", "cuda_graph")
-#: Input shapes that :class:`CudaGraphs` captures; later ones run eagerly. One: on an
-#: H100 (2026-11-27), replaying a batch-1 graph of the model after a batch-8 graph had been captured in
-#: the same process hit an illegal memory access, cause not found (docs/performance.md). With one graph
-#: no graph is replayed after another's capture; a fixed-size stream of batches needs no more.
+#: Input shapes that :class:`CudaGraphs` captures; later ones run eagerly. One, for memory: each graph
+#: keeps its own pool (~1.5-2 GB for swin_v1_l at 1024², more per batch), and a fixed-size stream of
+#: batches needs no more (a folder's smaller last batch comes once, and a shape is captured on its
+#: second call). More are safe: on an H100 (2026-11-27) the wrapper with two graphs replayed batch 1
+#: exactly after a batch-8 capture and ``torch.cuda.empty_cache()`` (``benchmarks/gpu.py
+#: --graph-replay cudagraphs-wrapper``). The "illegal memory access" first seen there was the benchmark
+#: script's own bug: its graph read an input tensor it had let go.
 MAX_GRAPHS = 1
 
 
