@@ -110,7 +110,7 @@ def count_flops(model, x) -> float:
             inp.shape[0], w.shape[0], (inp.shape[2] - 1) // s + 1, (inp.shape[3] - 1) // s + 1
         )
 
-    def official_final_stage(self, image, p1):
+    def official_final_stage(self, image, p1, image_part=None):
         # count the official last stage (resize, concatenate, 1x1 conv at full resolution), not
         # the folded form our inference runs: the ratio is against the official model's FLOPs
         return self.conv_out1(self._inward(image, resize(p1, image.shape[-2:]), 1))

@@ -102,3 +102,18 @@ def test_ab_switch_compares_a_per_process_switch_across_two_workers(capsys, swit
     assert labels in out
     difference = float(out.rsplit("max |prob difference| ", 1)[1].split()[0])
     assert difference == 0.0 if exact else difference < 1e-5
+
+
+def test_speed_counts_the_official_flops_of_a_forward():
+    """speed.count_flops swaps in the official last stage and the plain deformable branches; it must
+    keep up with the signatures it replaces (it broke once when the decoder's last stage grew an argument)."""
+    _ceiling()  # puts benchmarks/ on sys.path
+    import speed
+
+    from birefnet import BiRefNet, BiRefNetConfig
+
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).eval()
+    flops = speed.count_flops(model, torch.randn(1, 3, 64, 64))
+    assert flops > 1e8
+    with torch.inference_mode():  # the swapped methods are restored
+        assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 1, 64, 64)

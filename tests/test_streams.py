@@ -64,7 +64,9 @@ def fake_cuda(monkeypatch):
 
     monkeypatch.setattr(birefnet_module, "side_stream", side_stream)
     monkeypatch.setattr(decoder_module, "side_stream", side_stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main if log.current == "main" else side)
+    monkeypatch.setattr(
+        torch.cuda, "current_stream", lambda device=None: main if log.current == "main" else side
+    )
     monkeypatch.setattr(torch.cuda, "stream", on)
     monkeypatch.setattr(torch.cuda, "Event", lambda *a, **k: _FakeEvent(log))
     return log
