@@ -109,7 +109,6 @@ def test_speed_counts_the_official_flops_of_a_forward():
     keep up with the signatures it replaces (it broke once when the decoder's last stage grew an argument)."""
     _ceiling()  # puts benchmarks/ on sys.path
     import speed
-
     from birefnet import BiRefNet, BiRefNetConfig
 
     model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).eval()
