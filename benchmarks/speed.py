@@ -259,7 +259,10 @@ def child(args: argparse.Namespace) -> None:
                 times.append(time.perf_counter() - t0)
     probes.append(gemm_gflops(args.threads, repeats=3))
     # Peak RSS of plain forwards, read before the FLOP counter and the profiler (which hold more) run.
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    # ru_maxrss is in KiB on Linux; reported in GB of 10^9 bytes, the unit of issue 6's 2.0 GB goal
+    # (its "weights alone are 0.88 GB" is 220.7 M float32 values). Until 2026-11-27 this divided by
+    # 1024^2, i.e. printed GiB under the "GB" heading: 7.4 % below the same peak in GB.
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     # The machine's speed drifts (shared host): the conservative peak is the best probe of the run.
     gemm = max(probes)
     sustained = gemm_gflops(args.threads, seconds=statistics.median(times)) if args.verbose else None
