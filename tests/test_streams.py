@@ -103,3 +103,37 @@ def test_side_stream_only_for_cuda_inference():
         assert streams.side_stream(x) is None  # CPU tensors never get one
     with torch.enable_grad():
         assert streams.side_stream(x) is None
+
+
+def test_one_side_stream_per_thread_and_device(monkeypatch):
+    """Two threads' forwards (two Predictors) never share a side stream: each allocation on one must follow
+    a wait on its own forward's main stream (see birefnet.models.streams)."""
+    import threading
+    from types import SimpleNamespace
+
+    made = []
+
+    def fake_stream(device):
+        made.append(device)
+        return object()
+
+    monkeypatch.setattr(torch.cuda, "Stream", fake_stream)
+    cuda0 = SimpleNamespace(device=torch.device("cuda", 0))  # side_stream reads only the device
+    cuda1 = SimpleNamespace(device=torch.device("cuda", 1))
+    with torch.inference_mode():
+        first = streams.side_stream(cuda0)
+        assert streams.side_stream(cuda0) is first  # kept: a captured graph refers to it
+        assert streams.side_stream(cuda1) is not first
+        other = []
+
+        def in_other_thread():
+            with torch.inference_mode():  # thread-local, like the streams
+                other.append(streams.side_stream(cuda0))
+
+        thread = threading.Thread(target=in_other_thread)
+        thread.start()
+        thread.join()
+        assert other[0] is not None and other[0] is not first
+        monkeypatch.setattr(streams, "ENABLED", False)
+        assert streams.side_stream(cuda0) is None
+    assert made == [0, 1, 0]

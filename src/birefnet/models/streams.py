@@ -27,6 +27,8 @@ changes on the CPU, in training (autograd), or while exporting or compiling.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from birefnet.models.tracing import is_tracing
@@ -36,20 +38,24 @@ __all__ = ["ENABLED", "side_stream"]
 #: Run the independent parts of a CUDA inference forward on a second stream.
 ENABLED = True
 
-_STREAMS: dict[int, torch.cuda.Stream] = {}
+# One side stream per thread and device: the memory argument above needs every allocation on a side
+# stream to follow a wait on the main stream of the same forward, which a stream shared by two threads'
+# forwards (two Predictors, one per thread) would break.
+_LOCAL = threading.local()
 
 
 def side_stream(x: torch.Tensor) -> torch.cuda.Stream | None:
     """The side stream for a forward on ``x``, or None where the forward runs on one stream.
 
     None unless :data:`ENABLED`, ``x`` is on a CUDA device, autograd is off (inference) and nothing is
-    exporting, compiling or tracing the model. One stream per device, made on first use and kept (a
-    captured CUDA graph refers to it).
+    exporting, compiling or tracing the model. One stream per thread and device, made on first use and
+    kept (a captured CUDA graph refers to it).
     """
     if not ENABLED or x.device.type != "cuda" or torch.is_grad_enabled() or is_tracing():
         return None
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    stream = _STREAMS.get(index)
+    streams: dict[int, torch.cuda.Stream] = _LOCAL.__dict__.setdefault("streams", {})
+    stream = streams.get(index)
     if stream is None:
-        stream = _STREAMS[index] = torch.cuda.Stream(device=index)
+        stream = streams[index] = torch.cuda.Stream(device=index)
     return stream
