@@ -358,7 +358,8 @@ def graph_replay_check(variant: str, size: int, batch: int, how: str) -> None:
             torch.cuda.synchronize(device)
         diffs = [float((o - eager_b1).abs().max()) for o in (*outs, again)]
         print(
-            f"graph replay {how}: ok, max |diff| to eager (eager, capture, replay, after b{batch}): {diffs}"
+            f"graph replay {how}: ok, max |diff| to eager (eager, capture, replay, after b{batch}): {diffs}",
+            flush=True,
         )
         return
     mode = "bf16-weights-graph" if how == "bf16-weights" else "bf16-graph"
@@ -382,8 +383,9 @@ def graph_replay_check(variant: str, size: int, batch: int, how: str) -> None:
     except Exception as exc:  # the finding is the error itself
         print(f"graph replay {how}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
         raise SystemExit(1) from None
-    # A difference that the back-to-back replays show too is the kernels' own run-to-run variation
-    # (atomics), not a replay hazard; the largest logit says how many ulps of the half type it is.
+    # Both differences are 0 where the graph reads only memory that it or this script keeps. A
+    # back-to-back difference means the graph reads memory that changes between replays (as the
+    # freed static input did); the largest logit puts either difference in proportion.
     print(
         f"graph replay {how}: ok, max |diff| after the batch-{batch} capture {float((again - first).abs().max()):.1e}"
         f", between back-to-back replays {float((second - first).abs().max()):.1e}"

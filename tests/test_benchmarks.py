@@ -116,3 +116,16 @@ def test_speed_counts_the_official_flops_of_a_forward():
     assert flops > 1e8
     with torch.inference_mode():  # the swapped methods are restored
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 1, 64, 64)
+
+
+def test_gpu_script_smoke_run_on_the_cpu():
+    """benchmarks/gpu.py end to end where no GPU is present (its documented smoke run): the modes it can
+    run on a CPU report, and a mode that needs CUDA fails alone without stopping the others."""
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--variant", "pvt_v2_b0", "--size", "64"]
+    cmd += ["--device", "cpu", "--modes", "fp32", "bf16-weights-graph-1stream", "bf16", "--runs", "1"]
+    cmd += ["--warmup", "0", "--batch", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "bf16-weights-graph-1stream FAILED RuntimeError: CUDA graphs need a CUDA device" in out
+    assert sum(line.startswith(("fp32 ", "bf16 ")) for line in out.splitlines()) == 2
