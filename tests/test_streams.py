@@ -107,7 +107,8 @@ def test_side_stream_only_for_cuda_inference():
 
 def test_one_side_stream_per_thread_and_device(monkeypatch):
     """Two threads' forwards (two Predictors) never share a side stream: each allocation on one must follow
-    a wait on its own forward's main stream (see birefnet.models.streams)."""
+    a wait on its own forward's main stream (see birefnet.models.streams). None under CUDA autocast with
+    its weight-cast cache on."""
     import threading
     from types import SimpleNamespace
 
@@ -134,6 +135,12 @@ def test_one_side_stream_per_thread_and_device(monkeypatch):
         thread.start()
         thread.join()
         assert other[0] is not None and other[0] is not first
+        # CUDA autocast with its weight-cast cache: the streams would share the cached casts
+        monkeypatch.setattr(streams, "autocast_enabled", lambda device_type: device_type == "cuda")
+        monkeypatch.setattr(torch, "is_autocast_cache_enabled", lambda: True)
+        assert streams.side_stream(cuda0) is None
+        monkeypatch.setattr(torch, "is_autocast_cache_enabled", lambda: False)  # graph captures
+        assert streams.side_stream(cuda0) is first
         monkeypatch.setattr(streams, "ENABLED", False)
         assert streams.side_stream(cuda0) is None
     assert made == [0, 1, 0]

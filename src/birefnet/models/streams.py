@@ -21,6 +21,12 @@ the side stream's next allocation of a freed block always comes after a wait on 
 of it. Tensors of the main stream that the side stream reads are held until the main stream has
 waited for the side work that reads them.
 
+Not under CUDA autocast with its weight-cast cache on (``torch.autocast``'s default, the Predictor's
+fp16/bf16 autocast path): the cache is shared by the streams, so the full-size pass on the main stream
+would read the backbone's bf16/fp16 weight copies that the half-size pass is still writing on the side
+stream. With the cache off (CUDA graph captures, :class:`birefnet.models.optimize.CudaGraphs`) each use
+casts its own copy on its own stream, and with half weights (``optimize="half-weights"``) nothing is cast.
+
 ``ENABLED = False`` turns the second stream off (the one-stream forward, for comparisons). Nothing
 changes on the CPU, in training (autograd), or while exporting or compiling.
 """
@@ -31,6 +37,7 @@ import threading
 
 import torch
 
+from birefnet.models.onednn import autocast_enabled
 from birefnet.models.tracing import is_tracing
 
 __all__ = ["ENABLED", "side_stream"]
@@ -47,11 +54,14 @@ _LOCAL = threading.local()
 def side_stream(x: torch.Tensor) -> torch.cuda.Stream | None:
     """The side stream for a forward on ``x``, or None where the forward runs on one stream.
 
-    None unless :data:`ENABLED`, ``x`` is on a CUDA device, autograd is off (inference) and nothing is
-    exporting, compiling or tracing the model. One stream per thread and device, made on first use and
-    kept (a captured CUDA graph refers to it).
+    None unless :data:`ENABLED`, ``x`` is on a CUDA device, autograd is off (inference), CUDA autocast
+    is off or runs without its weight-cast cache (see the module docstring), and nothing is exporting,
+    compiling or tracing the model. One stream per thread and device, made on first use and kept (a
+    captured CUDA graph refers to it).
     """
     if not ENABLED or x.device.type != "cuda" or torch.is_grad_enabled() or is_tracing():
+        return None
+    if autocast_enabled("cuda") and torch.is_autocast_cache_enabled():
         return None
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     streams: dict[int, torch.cuda.Stream] = _LOCAL.__dict__.setdefault("streams", {})
