@@ -180,25 +180,32 @@ class Decoder(nn.Module):
         safe: the caller keeps every map until it has waited for the work that reads it).
         """
         x1, x2, x3, x4 = maps
-        cfg = self.config
         main = torch.cuda.current_stream(x.device)
         side.wait_stream(main)
         done: dict[str, tuple[torch.Tensor | None, torch.cuda.Event]] = {}
+
+        def record(name: str, out: torch.Tensor | None) -> None:
+            event = torch.cuda.Event()
+            event.record(side)
+            done[name] = (out, event)
+
+        # stage -> the map whose size its patches take, and the lateral block the chain needs next
+        stages = (
+            (5, x4, ("lat4", self.lateral_block4, x3)),
+            (4, x3, ("lat3", self.lateral_block3, x2)),
+            (3, x2, ("lat2", self.lateral_block2, x1)),
+            (2, x1, None),
+        )
+        inward = self.config.inward_reference
         with torch.cuda.stream(side):
-            for name, make in (
-                ("ipt5", lambda: self._encode_patches(x, x4.shape[-2:], 5) if cfg.inward_reference else None),
-                ("lat4", lambda: self.lateral_block4(x3)),
-                ("ipt4", lambda: self._encode_patches(x, x3.shape[-2:], 4) if cfg.inward_reference else None),
-                ("lat3", lambda: self.lateral_block3(x2)),
-                ("ipt3", lambda: self._encode_patches(x, x2.shape[-2:], 3) if cfg.inward_reference else None),
-                ("lat2", lambda: self.lateral_block2(x1)),
-                ("ipt2", lambda: self._encode_patches(x, x1.shape[-2:], 2) if cfg.inward_reference else None),
-                ("final", lambda: self._final_image_part(x)),
-            ):
-                out = make()
-                event = torch.cuda.Event()
-                event.record(side)
-                done[name] = (out, event)
+            for stage, sized_like, lateral in stages:
+                record(
+                    f"ipt{stage}", self._encode_patches(x, sized_like.shape[-2:], stage) if inward else None
+                )
+                if lateral is not None:
+                    name, block, feat = lateral
+                    record(name, block(feat))
+            record("final", self._final_image_part(x))
         return done
 
     def _outward(

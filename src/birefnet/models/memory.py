@@ -23,6 +23,9 @@ before, while swin_v1_t at 1024x1024 (~1.1 GB held) page-faults 0.04-0.15 GB per
 of ~1 GB.
 
 Only glibc has these calls; elsewhere (macOS, Windows, musl) every function here does nothing.
+
+(The RSS figures here were read from ``benchmarks/speed.py`` before 2026-11-27, when it printed GiB
+under "GB": multiply by 1.074 for GB of 10^9 bytes, the unit of issue 6's goal.)
 """
 
 from __future__ import annotations
