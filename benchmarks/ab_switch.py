@@ -14,6 +14,9 @@ Each fast path has a module-level switch kept for exactly this comparison:
 * ``streamed-windows``: each Swin stage run window chunk by window chunk on the oneDNN path
   (``birefnet.models.backbones.swin.STREAM_WINDOWS``). It changes how much memory the heap holds, so it
   runs as two worker processes too.
+* ``packed-weights``: the Swin backbone's Linear weights held in oneDNN's blocked layout
+  (``BiRefNet.pack_cpu_weights``, what the Predictor does for float32 CPU inference). Packing replaces
+  the weights' memory, which moves the heap around, so it runs as two worker processes as well.
 
 The script times full forwards of a random BiRefNet, switching the path off and on for each pair, and
 prints the median over the pairs of (time off / time on): above 1 means the fast path is faster. It
@@ -23,6 +26,7 @@ should cause. Timing alternates because this project's machines drift by 10-20 %
     python benchmarks/ab_switch.py --switch fused-aspp --variant swin_v1_t --size 1024 --pairs 4
     python benchmarks/ab_switch.py --switch keep-heap --variant swin_v1_t --size 1024 --pairs 8
     python benchmarks/ab_switch.py --switch streamed-windows --variant swin_v1_l --size 1024 --pairs 6
+    python benchmarks/ab_switch.py --switch packed-weights --variant swin_v1_l --size 1024 --pairs 6
 """
 
 from __future__ import annotations
@@ -59,22 +63,35 @@ def _set_streamed_windows(on: bool) -> None:
     swin.STREAM_WINDOWS = on
 
 
+# Whether the worker's model is packed (BiRefNet.pack_cpu_weights), read by _model_and_input.
+_PACK_WEIGHTS = False
+
+
+def _set_packed_weights(on: bool) -> None:
+    global _PACK_WEIGHTS
+    _PACK_WEIGHTS = on
+
+
 #: switch name -> (setter, label of the path when off, label when on)
 SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "onednn": (_set_onednn, "MKL", "oneDNN"),
     "fused-aspp": (_set_fused_aspp, "unfused", "fused"),
     "keep-heap": (_set_keep_heap, "trimmed heap", "kept heap"),
     "streamed-windows": (_set_streamed_windows, "map-sized", "streamed"),
+    "packed-weights": (_set_packed_weights, "plain weights", "packed weights"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
-PER_PROCESS = {"keep-heap", "streamed-windows"}
+PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights"}
 
 
 def _model_and_input(args: argparse.Namespace) -> tuple[BiRefNet, torch.Tensor]:
     """The random model of ``--variant`` and its ``--size`` input, seeded, on ``--threads`` threads."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return BiRefNet(BiRefNetConfig(backbone=args.variant)).eval(), torch.randn(1, 3, args.size, args.size)
+    model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval()
+    if _PACK_WEIGHTS:
+        model.pack_cpu_weights()
+    return model, torch.randn(1, 3, args.size, args.size)
 
 
 def _print_pair(i: int, off_label: str, on_label: str, off: float, on: float) -> None:
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
         return
 
     setter, off_label, on_label = SWITCHES[args.switch]
-    if args.switch in ("onednn", "streamed-windows") and not onednn.available():
+    if args.switch in ("onednn", "streamed-windows", "packed-weights") and not onednn.available():
         print(f"this CPU has no AVX-512 (or torch no oneDNN): both sides of {args.switch} take the same path")
     if args.switch in PER_PROCESS:
         off, on, diff = _two_processes(args, off_label, on_label)

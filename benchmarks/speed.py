@@ -243,6 +243,9 @@ def child(args: argparse.Namespace) -> None:
     model = BiRefNet(BiRefNetConfig(backbone=args.variant[0])).eval()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.pack:
+        # what the Predictor does for float32 CPU inference: exact, and the weights' memory is replaced
+        model.pack_cpu_weights()
     size = args.size[0]
     x = torch.randn(1, 3, size, size)
     times = []
@@ -316,7 +319,9 @@ def onnx_speed(model, x, args) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.onnx")
-        export_onnx(model, path, example=x, dynamic=False, check=False)
+        export_onnx(model, path, example=x, dynamic=False, check=False)  # unpacks packed weights
+        if args.pack:
+            model.pack_cpu_weights()  # our forward as timed above
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -349,6 +354,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--profile", action="store_true", help="print a per-module time table")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument(
+        "--no-pack",
+        dest="pack",
+        action="store_false",
+        help="keep the Swin's Linear weights plain (the Predictor packs them for oneDNN on AVX-512 CPUs)",
+    )
     ap.add_argument("--onnx", action="store_true", help="also time ONNX Runtime on our exported graph")
     ap.add_argument("--verbose", action="store_true", help="print every forward time and GEMM probe")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -385,6 +396,7 @@ def main() -> None:
                     ("--channels-last", args.channels_last),
                     ("--onnx", args.onnx),
                     ("--verbose", args.verbose),
+                    ("--no-pack", not args.pack),
                 )
                 if on
             ]

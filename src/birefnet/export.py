@@ -55,6 +55,7 @@ from torch import nn
 
 from birefnet import __version__
 from birefnet._sizes import two_numbers
+from birefnet.models.onednn import unpack_linear_weights
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +365,9 @@ def export_onnx(
         raise ExportError('ONNX export needs the onnx extra: pip install "birefnet[onnx]"') from e
 
     model, spec = _resolve_model(model, name)
+    # Weights packed for oneDNN (Predictor, BiRefNet.pack_cpu_weights) become plain again: the graph
+    # must hold ordinary initialisers. Exact, and done in place: the model runs as before, a bit slower.
+    unpack_linear_weights(model)
     path = Path(path).expanduser()
     if path.suffix != ".onnx":
         raise ValueError(f"{path}: the output file name must end in .onnx")

@@ -346,6 +346,16 @@ class Predictor:
             self._fp32_weights = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
+        if (
+            self.backend == "torch"
+            and not self.optimizations
+            and self.device.type == "cpu"
+            and self.precision == "fp32"
+            and hasattr(self.model, "pack_cpu_weights")
+        ):
+            # exact, same memory, ~2 % faster forwards for the Swin backbones on AVX-512 CPUs (a no-op
+            # elsewhere); state_dict() still gives the plain weights
+            self.model.pack_cpu_weights()
         # what forward passes call; self.model stays the plain module (its attributes are read below)
         self._forward = optimize_for_inference(
             self.model, self.optimizations, self.device, half_dtype=PRECISIONS.get(self.precision)

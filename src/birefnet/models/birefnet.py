@@ -10,6 +10,7 @@ from birefnet.models.backbones import build_backbone
 from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, resize
 from birefnet.models.decoder import Decoder, laplacian_5x5
 from birefnet.models.memory import prepare_heap, release_heap, trim_heap_at_stage_end
+from birefnet.models.onednn import pack_linear_weights
 from birefnet.models.output import BiRefNetOutput
 from birefnet.models.streams import side_stream
 
@@ -77,6 +78,21 @@ class BiRefNet(nn.Module):
         if config.auxiliary_classification:
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.cls_head = nn.Sequential(nn.Linear(channels[0], config.num_classes))
+
+    def pack_cpu_weights(self) -> int:
+        """Hold the Swin backbone's Linear weights in oneDNN's blocked layout, for CPU inference.
+
+        Exact (bit-identical outputs) and the same memory; the projections run 3-9 % faster on AVX-512
+        CPUs, where the backbone's products go through oneDNN (:mod:`birefnet.models.onednn`). A no-op
+        elsewhere, for other backbones, in training mode or off the CPU. The Predictor does this for
+        float32 CPU inference; ``state_dict`` still gives the plain weights, and ``train()``, ``.to()``
+        or ``load_state_dict`` turn the layers back into plain ones. Returns the layers packed.
+        """
+        from birefnet.models.backbones.swin import SwinTransformer
+
+        if not isinstance(self.bb, SwinTransformer):
+            return 0
+        return pack_linear_weights(self.bb)
 
     def forward_encoder(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Encoder features (x1, x2, x3, x4) after multi-scale fusion and context concatenation.

@@ -594,8 +594,11 @@ def _stream_plan(
 
 def _onednn_linear_ok(x: torch.Tensor, *modules: nn.Module) -> bool:
     """Whether ``modules`` may run on ``x`` through oneDNN's fused kernels (:mod:`birefnet.models.onednn`:
-    float32 CPU inference on AVX-512) as plain float Linears."""
-    return onednn.use_onednn(x) and all(_plain_linear(m, x) for m in modules)
+    float32 CPU inference on AVX-512) as plain float Linears, or as Linears whose weights are packed
+    for oneDNN (:func:`birefnet.models.onednn.pack_linear_weights`; only that path takes them)."""
+    return onednn.use_onednn(x) and all(
+        (_plain_linear(m, x) or type(m) is onednn.PackedLinear) for m in modules
+    )
 
 
 def _linears(block: SwinBlock) -> tuple[nn.Module, ...]:
