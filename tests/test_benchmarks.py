@@ -118,6 +118,26 @@ def test_speed_counts_the_official_flops_of_a_forward():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 1, 64, 64)
 
 
+def test_speed_counts_the_flops_of_a_packed_model():
+    """A model whose Swin weights are packed for oneDNN (what speed.py times by default) counts the same
+    FLOPs as the plain one, and stays packed: the counter does not see oneDNN's op, so it counts plain."""
+    from birefnet.models import onednn
+
+    if not onednn.available():
+        pytest.skip("weight packing needs an AVX-512 CPU with oneDNN (elsewhere it is a no-op)")
+    _ceiling()
+    import speed
+    from birefnet import BiRefNet, BiRefNetConfig
+
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="swin_v1_t")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    plain = speed.count_flops(model, x)
+    assert model.pack_cpu_weights() > 0
+    assert speed.count_flops(model, x) == plain
+    assert any(type(m) is onednn.PackedLinear for m in model.modules())
+
+
 def test_gpu_script_smoke_run_on_the_cpu():
     """benchmarks/gpu.py end to end where no GPU is present (its documented smoke run): the modes it can
     run on a CPU report, and a mode that needs CUDA fails alone without stopping the others."""
