@@ -126,7 +126,7 @@ class PackedLinear(nn.Linear):
 
     oneDNN reorders a plain ``(N, K)`` weight into its blocked layout inside every product; packed
     once, the products skip that. On the AVX-512 host, swin_v1_l's Swin shapes ran 1.03-1.09x faster
-    per product, with bit-identical outputs (docs/performance.md). The packed weight replaces the plain
+    per product, with the same values bit for bit (docs/performance.md). The packed weight replaces the plain
     one (same bytes), so memory does not grow.
 
     Made by :func:`pack_linear_weights` only. It behaves as the plain layer it came from:
@@ -180,7 +180,8 @@ def _packable(module: nn.Module) -> bool:
 def pack_linear_weights(module: nn.Module) -> int:
     """Turn every plain float32 CPU ``nn.Linear`` in ``module`` into a :class:`PackedLinear`, in place.
 
-    For CPU inference only: the products are bit-identical, ~3-9 % faster on the AVX-512 host, and
+    For CPU inference only: each product gives the plain weight's values bit for bit, ~3-9 % faster
+    on the AVX-512 host (a layer that ran through MKL before now runs through oneDNN: float rounding), and
     the memory stays the same (the plain weight is replaced, not copied). Does nothing where this
     machine does not take the oneDNN path (:func:`available`), or for a module in training mode.
     Returns the number of layers packed.
