@@ -180,8 +180,9 @@ def _packable(module: nn.Module) -> bool:
 def pack_linear_weights(module: nn.Module) -> int:
     """Turn every plain float32 CPU ``nn.Linear`` in ``module`` into a :class:`PackedLinear`, in place.
 
-    For CPU inference only: each product gives the plain weight's values bit for bit, ~3-9 % faster
-    on the AVX-512 host (a layer that ran through MKL before now runs through oneDNN: float rounding), and
+    For CPU inference only: each product gives the plain weight's values bit for bit (from 64 rows up;
+    with a single row oneDNN takes another kernel for a plain weight: float rounding), ~3-9 % faster
+    on the AVX-512 host, and
     the memory stays the same (the plain weight is replaced, not copied). Does nothing where this
     machine does not take the oneDNN path (:func:`available`), or for a module in training mode.
     Returns the number of layers packed.
