@@ -86,8 +86,8 @@ class BiRefNet(nn.Module):
         run 3-9 % faster on AVX-512 CPUs, where the backbone's products go through oneDNN
         (:mod:`birefnet.models.onednn`). Whole forwards match to float rounding (swin_v1_l at 1024²:
         identical; swin_v1_t: probabilities within 6e-8, from a one-row window chunk, for which oneDNN
-        takes another kernel with a plain weight). A no-op
-        elsewhere, for other backbones, in training mode or off the CPU. The Predictor does this for
+        takes another kernel with a plain weight). A no-op elsewhere, for other backbones, in training
+        mode or off the CPU. The Predictor does this for
         float32 CPU inference; ``state_dict`` still gives the plain weights, and ``train()``, ``.to()``
         or ``load_state_dict`` turn the layers back into plain ones. Returns the layers packed.
         """

@@ -116,7 +116,7 @@ def linear_add(
 
 
 # The row count oneDNN's blocked weight layout is chosen for. The layout does not depend on it for the
-# shapes measured (every row count from 64 to 4096 gave the same products, bit for bit); 2048 is the
+# shapes measured (every row count from 64 to 16384 gave the same products, bit for bit); 2048 is the
 # chunk the Swin's MLP runs in.
 _PACK_ROWS = 2048
 
@@ -182,8 +182,8 @@ def pack_linear_weights(module: nn.Module) -> int:
 
     For CPU inference only: each product gives the plain weight's values bit for bit (from 64 rows up;
     with a single row oneDNN takes another kernel for a plain weight: float rounding), ~3-9 % faster
-    on the AVX-512 host, and
-    the memory stays the same (the plain weight is replaced, not copied). Does nothing where this
+    on the AVX-512 host, and the memory stays the same (the plain weight is replaced, not copied).
+    Does nothing where this
     machine does not take the oneDNN path (:func:`available`), or for a module in training mode.
     Returns the number of layers packed.
     """
