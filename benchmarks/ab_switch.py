@@ -17,6 +17,12 @@ Each fast path has a module-level switch kept for exactly this comparison:
 * ``packed-weights``: the Swin backbone's Linear weights held in oneDNN's blocked layout
   (``BiRefNet.pack_cpu_weights``, what the Predictor does for float32 CPU inference). Packing replaces
   the weights' memory, which moves the heap around, so it runs as two worker processes as well.
+* ``two-scale``: the three finer encoder stages handed to the decoder as unfused (full-size pass,
+  half-size pass) pairs, each lateral convolution applied to the two parts
+  (``birefnet.models.birefnet.TWO_SCALE_LATERALS``). It changes which large maps are made, so it runs as
+  two worker processes.
+
+``--pack`` packs the Swin weights in both workers (what the Predictor does) for any other switch.
 
 The script times full forwards of a random BiRefNet, switching the path off and on for each pair, and
 prints the median over the pairs of (time off / time on): above 1 means the fast path is faster. It
@@ -27,6 +33,7 @@ should cause. Timing alternates because this project's machines drift by 10-20 %
     python benchmarks/ab_switch.py --switch keep-heap --variant swin_v1_t --size 1024 --pairs 8
     python benchmarks/ab_switch.py --switch streamed-windows --variant swin_v1_l --size 1024 --pairs 6
     python benchmarks/ab_switch.py --switch packed-weights --variant swin_v1_l --size 1024 --pairs 6
+    python benchmarks/ab_switch.py --switch two-scale --variant swin_v1_l --size 1024 --pairs 6 --pack
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from collections.abc import Callable
 import torch
 
 from birefnet import BiRefNet, BiRefNetConfig
+from birefnet.models import birefnet as birefnet_module
 from birefnet.models import blocks, memory, onednn
 from birefnet.models.backbones import swin
 
@@ -63,6 +71,10 @@ def _set_streamed_windows(on: bool) -> None:
     swin.STREAM_WINDOWS = on
 
 
+def _set_two_scale(on: bool) -> None:
+    birefnet_module.TWO_SCALE_LATERALS = on
+
+
 # Whether the worker's model is packed (BiRefNet.pack_cpu_weights), read by _model_and_input.
 _PACK_WEIGHTS = False
 
@@ -79,9 +91,10 @@ SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "keep-heap": (_set_keep_heap, "trimmed heap", "kept heap"),
     "streamed-windows": (_set_streamed_windows, "map-sized", "streamed"),
     "packed-weights": (_set_packed_weights, "plain weights", "packed weights"),
+    "two-scale": (_set_two_scale, "concatenated", "two-scale"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
-PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights"}
+PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights", "two-scale"}
 
 
 def _model_and_input(args: argparse.Namespace) -> tuple[BiRefNet, torch.Tensor]:
@@ -89,7 +102,7 @@ def _model_and_input(args: argparse.Namespace) -> tuple[BiRefNet, torch.Tensor]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = BiRefNet(BiRefNetConfig(backbone=args.variant)).eval()
-    if _PACK_WEIGHTS:
+    if _PACK_WEIGHTS or args.pack:
         model.pack_cpu_weights()
     return model, torch.randn(1, 3, args.size, args.size)
 
@@ -123,7 +136,7 @@ def _two_processes(
         for side in ("off", "on"):
             cmd = [sys.executable, __file__, "--switch", args.switch, "--variant", args.variant]
             cmd += ["--size", str(args.size), "--threads", str(args.threads), "--worker", side]
-            cmd += ["--worker-output", os.path.join(tmp, f"{side}.pt")]
+            cmd += ["--worker-output", os.path.join(tmp, f"{side}.pt")] + (["--pack"] if args.pack else [])
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             workers[side] = proc
             # wait until this one is warm before starting the other: their warm-ups never overlap
@@ -156,6 +169,9 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument(
+        "--pack", action="store_true", help="pack the Swin weights in both workers, as the Predictor does"
+    )
     ap.add_argument("--worker", choices=("off", "on"), help=argparse.SUPPRESS)
     ap.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -11,7 +11,7 @@ from birefnet import BiRefNet, BiRefNetConfig
 from birefnet.models import birefnet as birefnet_module
 from birefnet.models import decoder as decoder_module
 from birefnet.models import memory
-from birefnet.models.blocks import ASPP, ASPPDeformable, norm_inplace, resize
+from birefnet.models.blocks import ASPP, ASPPDeformable, BasicLatBlk, TwoScaleFeature, norm_inplace, resize
 from birefnet.models.deform_conv import deform_conv2d
 from birefnet.models.memory import trim_heap, trim_heap_at_stage_end
 from birefnet.models.optimize import optimize_for_inference, parse_optimizations
@@ -204,12 +204,16 @@ def test_eval_forward_equals_training_form_forward():
     # official order: the training-mode code paths of the decoder, with eval BatchNorm and no dropout
     # (the top level stays in eval mode: no Laplacian, so no gradient labels; the side heads run
     # but do not change the logits)
-    with torch.no_grad():
-        model.decoder.train()
-        for m in model.decoder.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout)):
-                m.eval()
-        slow = model(x).logits
+    birefnet_module.TWO_SCALE_LATERALS = False  # the concatenated multi-scale maps, as the official code
+    try:
+        with torch.no_grad():
+            model.decoder.train()
+            for m in model.decoder.modules():
+                if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout)):
+                    m.eval()
+            slow = model(x).logits
+    finally:
+        birefnet_module.TWO_SCALE_LATERALS = True
     assert rel_error(fast, slow) < 1e-10
 
 
@@ -291,7 +295,7 @@ def test_forward_releases_the_heap_settings(monkeypatch):
         model(torch.randn(1, 3, 64, 64))
     assert calls == ["prepare", "release"]
 
-    def fail(x):
+    def fail(x, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(model, "forward_encoder", fail)
@@ -575,6 +579,77 @@ def test_lateral_sum_inference_equals_training_form():
     assert rel_error(ours, ref) < 1e-13
 
 
+def test_two_scale_lateral_sum_equals_the_concatenated_form():
+    """W [full | resize(half)] + b + resize(coarse) = W_full full + b + resize(W_half half + coarse)."""
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(2, 5, 8, 12, generator=g, dtype=torch.float64)
+    half = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64)
+    coarse = torch.randn(2, 6, 4, 6, generator=g, dtype=torch.float64)
+    block = BasicLatBlk(8, 6).double()
+    _randomise(block)
+    feat = TwoScaleFeature(full, half)
+    assert feat.shape == (2, 8, 8, 12)
+    with torch.no_grad():
+        ref = resize(coarse, (8, 12)) + block(torch.cat([full, resize(half, (8, 12))], 1))
+        assert rel_error(feat.concatenated(), torch.cat([full, resize(half, (8, 12))], 1)) == 0
+    with torch.inference_mode():
+        ours = decoder_module.Decoder._two_scale_lateral_sum(coarse.clone(), block, feat)
+        # a coarse map of another size than the half part's: the concatenation, the same values
+        odd = decoder_module.Decoder._two_scale_lateral_sum(resize(coarse, (3, 5)), block, feat)
+    assert rel_error(ours, ref) < 1e-13
+    with torch.no_grad():
+        odd_ref = resize(resize(coarse, (3, 5)), (8, 12)) + block(feat.concatenated())
+    assert rel_error(odd, odd_ref) < 1e-13
+
+
+def test_two_scale_feature_resized_equals_resize_of_concatenation(monkeypatch):
+    """The context resize of a two-scale stage, a few channels at a time, equals that of the map."""
+    from birefnet.models import blocks
+
+    g = torch.Generator().manual_seed(1)
+    feat = TwoScaleFeature(
+        torch.randn(1, 4, 16, 24, generator=g, dtype=torch.float64),
+        torch.randn(1, 7, 8, 12, generator=g, dtype=torch.float64),
+    )
+    ref = resize(feat.concatenated(), (4, 6))
+    monkeypatch.setattr(blocks, "_TWO_SCALE_CHUNK_BYTES", 2 * 16 * 24 * 8)  # two channels per resize
+    with torch.inference_mode():
+        ours = feat.resized((4, 6))
+    assert ours.shape == (1, 11, 4, 6)
+    assert rel_error(ours, ref) < 1e-14
+
+
+@pytest.mark.parametrize("backbone", ["pvt_v2_b0", "swin_v1_t"])
+def test_two_scale_laterals_equal_the_concatenated_maps(backbone, monkeypatch):
+    """Whole model at CPU inference: the two-scale stages against the concatenated ones (float64); and
+    only inference without autograd takes them."""
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone=backbone)).double()
+    _randomise(model.decoder)
+    model.eval()
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    asked = []
+    encoder = model.forward_encoder
+
+    def spy(x, *, two_scale=False):
+        asked.append(two_scale)
+        return encoder(x, two_scale=two_scale)
+
+    monkeypatch.setattr(model, "forward_encoder", spy)
+    with torch.inference_mode():
+        fast = model(x).logits
+        monkeypatch.setattr(birefnet_module, "TWO_SCALE_LATERALS", False)
+        slow = model(x).logits
+        monkeypatch.setattr(birefnet_module, "TWO_SCALE_LATERALS", True)
+    with torch.enable_grad():
+        model(x)
+    assert asked == [True, False, False]
+    assert rel_error(fast, slow) < 1e-12
+    with torch.inference_mode():
+        feats, _ = encoder(x, two_scale=True)
+    assert [type(f).__name__ for f in feats] == ["TwoScaleFeature"] * 3 + ["Tensor"]
+
+
 def test_decoder_releases_the_features_it_is_handed():
     """BiRefNet's forward hands its encoder maps to the decoder (release_features=True): the list is
     emptied so each map can be freed once used, and the logits are those of a call that keeps them."""
@@ -582,7 +657,7 @@ def test_decoder_releases_the_features_it_is_handed():
     model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
-        feats, _ = model.forward_encoder(x)
+        feats, _ = model.forward_encoder(x, two_scale=True)  # as BiRefNet's forward at CPU inference
         feats[3] = model.squeeze_module(feats[3])
         kept = model.decoder(x, tuple(feats)).logits
         handed = list(feats)

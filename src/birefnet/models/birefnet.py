@@ -7,16 +7,24 @@ from torch import nn
 
 from birefnet.config import BiRefNetConfig
 from birefnet.models.backbones import build_backbone
-from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, resize
+from birefnet.models.blocks import ASPP, ASPPDeformable, BasicDecBlk, ResBlk, TwoScaleFeature, resize
 from birefnet.models.decoder import Decoder, laplacian_5x5
 from birefnet.models.memory import prepare_heap, release_heap, trim_heap_at_stage_end
 from birefnet.models.onednn import pack_linear_weights
 from birefnet.models.output import BiRefNetOutput
 from birefnet.models.streams import side_stream
+from birefnet.models.tracing import is_tracing
 
 # ImageNet normalisation the released weights expect (RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: At CPU inference with ``multi_scale_input="cat"``, hand the decoder the three finer encoder stages
+#: as unfused pairs (:class:`~birefnet.models.blocks.TwoScaleFeature`): each lateral 1x1 convolution
+#: then runs on the half-size pass's map at its own size and is resized together with the coarser
+#: decoder output, and the context resizes read the two parts. Same function as the concatenated maps
+#: (float rounding apart). A switch for comparisons (``benchmarks/ab_switch.py --switch two-scale``).
+TWO_SCALE_LATERALS = True
 
 
 def _squeeze_module(config: BiRefNetConfig, cin: int, cout: int) -> nn.Sequential | None:
@@ -97,8 +105,17 @@ class BiRefNet(nn.Module):
             return 0
         return pack_linear_weights(self.bb)
 
-    def forward_encoder(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def forward_encoder(
+        self, x: torch.Tensor, *, two_scale: bool = False
+    ) -> tuple[list[torch.Tensor | TwoScaleFeature], torch.Tensor | None]:
         """Encoder features (x1, x2, x3, x4) after multi-scale fusion and context concatenation.
+
+        Args:
+            x: (B, 3, H, W) normalised image.
+            two_scale: with ``multi_scale_input="cat"``, leave x1, x2 and x3 unfused, as
+                :class:`~birefnet.models.blocks.TwoScaleFeature` pairs (the full- and the half-size
+                pass's maps) that the decoder reads without the concatenation. BiRefNet's forward
+                asks for this at CPU inference (:data:`TWO_SCALE_LATERALS`).
 
         Returns the four maps (strides 4, 8, 16, 32; x4 carries the context channels) and the
         auxiliary class logits (training with auxiliary classification only, else None).
@@ -111,27 +128,39 @@ class BiRefNet(nn.Module):
             side.wait_stream(main)
             with torch.cuda.stream(side):
                 half = self.bb(x_half)
-            feats = list(self.bb(x))
+            full = list(self.bb(x))
             main.wait_stream(side)
             del x_half  # held until the join: the side stream read it
         else:
-            feats = list(self.bb(x))
+            full = list(self.bb(x))
             trim_heap_at_stage_end(x, self.training)
             if mode:
                 h, w = x.shape[-2:]
                 half = self.bb(resize(x, (h // 2, w // 2)))
                 trim_heap_at_stage_end(x, self.training)
+        feats: list[torch.Tensor | TwoScaleFeature] = list(full)
+        del full  # each map is freed as soon as its fused form replaces it
         if mode:
-            for i, (f, g) in enumerate(zip(feats, half)):
-                g = resize(g, f.shape[-2:])
-                feats[i] = torch.cat([f, g], dim=1) if mode == "cat" else f + g
+            for i, g in enumerate(half):
+                f = feats[i]
+                assert isinstance(f, torch.Tensor)
+                if mode == "cat" and two_scale and i < 3:
+                    feats[i] = TwoScaleFeature(f, g)
+                elif mode == "cat":
+                    feats[i] = torch.cat([f, resize(g, f.shape[-2:])], dim=1)
+                else:
+                    feats[i] = f + resize(g, f.shape[-2:])
+            del half
         class_logits = None
         if self.training and self.config.auxiliary_classification:
             class_logits = self.cls_head(self.avgpool(feats[3]).flatten(1))
         n = self.config.context_levels
         if n:
             size = feats[3].shape[-2:]
-            context = [resize(f, size) for f in feats[:3]][-n:]
+            context = [
+                f.resized(size) if isinstance(f, TwoScaleFeature) else resize(f, size)
+                for f in feats[3 - n : 3]
+            ]
             feats[3] = torch.cat([*context, feats[3]], dim=1)
         return feats, class_logits
 
@@ -150,7 +179,15 @@ class BiRefNet(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> BiRefNetOutput:
         """:meth:`forward` after the size check, inside the heap settings of :func:`prepare_heap`."""
-        feats, class_logits = self.forward_encoder(x)
+        two_scale = (
+            TWO_SCALE_LATERALS
+            and not self.training
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and not is_tracing()
+            and side_stream(x) is None
+        )
+        feats, class_logits = self.forward_encoder(x, two_scale=two_scale)
         if self.squeeze_module is not None:
             feats[3] = self.squeeze_module(feats[3])
         laplacian = None

@@ -9,6 +9,7 @@ official key order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +125,53 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         flat = F.interpolate(x.view(b * c, 1, h, w), size=tuple(size), mode="bilinear", align_corners=True)
         return flat.view(b, c, *flat.shape[-2:])
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+# Bytes of the full-size map per resize call in :meth:`TwoScaleFeature.resized` (a few channels at a time).
+_TWO_SCALE_CHUNK_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True)
+class TwoScaleFeature:
+    """One encoder stage of the multi-scale input (``multi_scale_input="cat"``) before its fusion.
+
+    Stands for ``torch.cat([full, resize(half, full size)], dim=1)``, the map the official code builds,
+    without building it. At CPU inference BiRefNet hands the decoder its three finer stages this way:
+    everything that reads them is linear in the concatenation (the 1x1 lateral convolutions and the
+    bilinear context resizes), so it can be computed from the two parts
+    (:meth:`birefnet.models.decoder.Decoder.forward`, :meth:`resized`). For swin_v1_l at 1024² the
+    stride-4 concatenation alone is 100 MB, and its upsampled half another 50 MB, both page-faulted in
+    on every forward.
+
+    Attributes:
+        full: (B, C_f, h, w) map of the full-size pass.
+        half: (B, C_h, h', w') map of the half-size pass (h' = h / 2 for inputs of multiples of 32).
+    """
+
+    full: torch.Tensor
+    half: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of the concatenation it stands for: (B, C_f + C_h, h, w)."""
+        b, c, h, w = self.full.shape
+        return torch.Size((b, c + self.half.shape[1], h, w))
+
+    def concatenated(self) -> torch.Tensor:
+        """The concatenation itself (the official fusion), for consumers that are not linear."""
+        return torch.cat([self.full, resize(self.half, self.full.shape[-2:])], dim=1)
+
+    def resized(self, size: Sequence[int]) -> torch.Tensor:
+        """``resize(self.concatenated(), size)``: the full part resized, and the half part resized to full
+        size and then to ``size`` a few channels at a time, so that no full-size map of all its channels
+        is made. The same operations on each channel as the official order (values within an ulp:
+        the resize kernels vectorise over however many channels they are given)."""
+        b, c = self.half.shape[:2]
+        full_size = self.full.shape[-2:]
+        step = max(1, _TWO_SCALE_CHUNK_BYTES // (b * full_size[0] * full_size[1] * self.half.element_size()))
+        parts = [resize(self.full, size)]
+        parts += [resize(resize(self.half[:, i : i + step], full_size), size) for i in range(0, c, step)]
+        return torch.cat(parts, dim=1)
 
 
 class _ASPPBranch(nn.Module):

@@ -24,6 +24,7 @@ from birefnet.models.blocks import (
     BasicLatBlk,
     ResBlk,
     SimpleConvs,
+    TwoScaleFeature,
     image_to_patches,
     make_norm,
     resize,
@@ -169,13 +170,14 @@ class Decoder(nn.Module):
         return getattr(self, f"ipt_blk{stage}")(resize(patches, size))
 
     def _ahead(
-        self, side: torch.cuda.Stream, x: torch.Tensor, maps: Sequence[torch.Tensor]
+        self, side: torch.cuda.Stream, x: torch.Tensor, maps: Sequence[torch.Tensor | TwoScaleFeature]
     ) -> dict[str, tuple[torch.Tensor | None, torch.cuda.Event]]:
         """Enqueue on ``side`` the inference work that reads only the image and the encoder maps.
 
         That is each stage's patch encoding (``ipt5`` ... ``ipt2``), the lateral blocks (``lat4`` ...
         ``lat2``) and the image's share of the final logits (``final``), in the order the decoder
-        chain needs them. Each comes back with an event recorded after it; the chain waits on the
+        chain needs them (not the lateral of a :class:`~birefnet.models.blocks.TwoScaleFeature`: the
+        chain sums that one with its coarse map). Each comes back with an event recorded after it; the chain waits on the
         event before it reads the tensor (see :mod:`birefnet.models.streams` for why the memory is
         safe: the caller keeps every map until it has waited for the work that reads it).
         """
@@ -202,7 +204,7 @@ class Decoder(nn.Module):
                 record(
                     f"ipt{stage}", self._encode_patches(x, sized_like.shape[-2:], stage) if inward else None
                 )
-                if lateral is not None:
+                if lateral is not None and not isinstance(lateral[2], TwoScaleFeature):
                     name, block, feat = lateral
                     record(name, block(feat))
             record("final", self._final_image_part(x))
@@ -240,7 +242,7 @@ class Decoder(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        features: Sequence[torch.Tensor],
+        features: Sequence[torch.Tensor | TwoScaleFeature],
         image_laplacian: torch.Tensor | None = None,
         *,
         release_features: bool = False,
@@ -249,7 +251,9 @@ class Decoder(nn.Module):
 
         Args:
             x: (B, 3, H, W) normalised input image.
-            features: (x1, x2, x3, x4) encoder features at strides 4, 8, 16, 32 (x4 squeezed).
+            features: (x1, x2, x3, x4) encoder features at strides 4, 8, 16, 32 (x4 squeezed). x1, x2
+                and x3 may be :class:`~birefnet.models.blocks.TwoScaleFeature` pairs (CPU inference):
+                each lateral convolution is then applied to the two parts (:meth:`_two_scale_lateral_sum`).
             image_laplacian: (B, 1, H, W) Laplacian of the channel-mean image; given in training
                 with outward reference, when gradient targets are wanted.
             release_features: ``features`` is a list the caller hands over: it is emptied, so each
@@ -282,29 +286,34 @@ class Decoder(nn.Module):
             torch.cuda.current_stream(x.device).wait_event(event)
             return out
 
-        def lateral(name: str, block: nn.Module, feat: torch.Tensor) -> torch.Tensor:
+        def lateral_sum(
+            coarse: torch.Tensor, name: str, block: nn.Module, feat: torch.Tensor | TwoScaleFeature
+        ) -> torch.Tensor:
+            """``resize(coarse) + block(feat)``, the lateral taken from the side stream where made there."""
+            if isinstance(feat, TwoScaleFeature):
+                return self._two_scale_lateral_sum(coarse, block, feat)
             out = take(name)
-            return block(feat) if out is None else out
+            return self._lateral_sum(coarse, block(feat) if out is None else out)
 
         p4 = self._inward(x, x4, 5, parts=True, ahead=take("ipt5"))
         del x4
         p4 = self.decoder_block4(p4)
         p4 = self._outward(p4, 4, image_laplacian, side, grad_logits, grad_targets)
 
-        p3 = self._lateral_sum(p4, lateral("lat4", self.lateral_block4, x3))
+        p3 = lateral_sum(p4, "lat4", self.lateral_block4, x3)
         del p4, x3
         p3 = self._inward(x, p3, 4, parts=True, ahead=take("ipt4"))
         p3 = self.decoder_block3(p3)
         p3 = self._outward(p3, 3, image_laplacian, side, grad_logits, grad_targets)
 
-        p2 = self._lateral_sum(p3, lateral("lat3", self.lateral_block3, x2))
+        p2 = lateral_sum(p3, "lat3", self.lateral_block3, x2)
         del p3, x2
         p2 = self._inward(x, p2, 3, parts=True, ahead=take("ipt3"))
         p2 = self.decoder_block2(p2)
         p2 = self._outward(p2, 2, image_laplacian, side, grad_logits, grad_targets)
 
         trim_heap_at_stage_end(x, self.training)
-        p1 = self._lateral_sum(p2, lateral("lat2", self.lateral_block2, x1))
+        p1 = lateral_sum(p2, "lat2", self.lateral_block2, x1)
         del p2, x1
         p1 = self._inward(x, p1, 2, parts=True, ahead=take("ipt2"))
         p1 = self.decoder_block1(p1)
@@ -330,6 +339,47 @@ class Decoder(nn.Module):
             # (values within 1 ulp).
             coarse = coarse.contiguous()
         return lateral.add_(resize(coarse, lateral.shape[-2:]))
+
+    @staticmethod
+    def _two_scale_lateral_sum(coarse: torch.Tensor, block: nn.Module, feat: TwoScaleFeature) -> torch.Tensor:
+        """``resize(coarse) + block(feat.concatenated())`` (inference), without the concatenation.
+
+        The lateral block is a 1x1 convolution ``W = [W_full | W_half]`` with bias ``b``, and bilinear
+        resizing acts on each channel alone with weights that sum to one, so
+        ``W cat(full, resize(half)) + b + resize(coarse) = W_full full + b + resize(W_half half + coarse)``
+        whenever ``half`` and ``coarse`` have the same size (the half-size pass's map at a stride is the
+        size of the full-size pass's at twice that stride, as ``coarse`` is). The half part's
+        convolution then runs on a quarter of the pixels, and the concatenation (100 MB at stride 4
+        for swin_v1_l at 1024²), the upsampled half map and the upsampled coarse map are never made:
+        one resize of the summed small map replaces two. Equal to the official order up to float
+        rounding (~1e-6 relative: the channel sum is split and resized before it is added). Other
+        lateral modules, and sizes that do not pair up, take the concatenation.
+
+        Args:
+            coarse: (B, C_out, h', w') output of the previous decoder stage.
+            block: the stage's lateral block (a :class:`~birefnet.models.blocks.BasicLatBlk`).
+            feat: the encoder stage, (full, half) with ``full`` (B, C_f, h, w) and ``half``
+                (B, C_h, h', w').
+
+        Returns (B, C_out, h, w).
+        """
+        conv = getattr(block, "conv", None)
+        plain = (
+            type(block) is BasicLatBlk
+            and type(conv) is nn.Conv2d
+            and conv.kernel_size == (1, 1)
+            and conv.stride == (1, 1)
+            and conv.padding == (0, 0)
+            and conv.groups == 1
+        )
+        if not plain or feat.half.shape[-2:] != coarse.shape[-2:]:
+            return Decoder._lateral_sum(coarse, block(feat.concatenated()))
+        assert conv is not None
+        c = feat.full.shape[1]
+        out = F.conv2d(feat.full, conv.weight[:, :c], conv.bias)
+        low = F.conv2d(feat.half, conv.weight[:, c:])
+        low += coarse
+        return out.add_(resize(low, out.shape[-2:]))
 
     def _final_logits_eval(
         self, x: torch.Tensor, p1: torch.Tensor, image_part: torch.Tensor | None = None
