@@ -579,8 +579,11 @@ def test_lateral_sum_inference_equals_training_form():
     assert rel_error(ours, ref) < 1e-13
 
 
-def test_two_scale_lateral_sum_equals_the_concatenated_form():
+def test_two_scale_lateral_sum_equals_the_concatenated_form(monkeypatch):
     """W [full | resize(half)] + b + resize(coarse) = W_full full + b + resize(W_half half + coarse)."""
+    monkeypatch.setattr(
+        decoder_module, "_RESIZE_CHUNK_BYTES", 2 * 8 * 12 * 8 * 4
+    )  # resized 4 channels at a time
     g = torch.Generator().manual_seed(0)
     full = torch.randn(2, 5, 8, 12, generator=g, dtype=torch.float64)
     half = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64)

@@ -36,6 +36,9 @@ from birefnet.models.tracing import is_tracing
 DECODER_BLOCKS: dict[str, type[nn.Module]] = {"BasicDecBlk": BasicDecBlk, "ResBlk": ResBlk}
 LATERAL_BLOCKS: dict[str, type[nn.Module]] = {"BasicLatBlk": BasicLatBlk}
 
+# Bytes of full-size map per resize in :meth:`Decoder._two_scale_lateral_sum` (a few channels at a time).
+_RESIZE_CHUNK_BYTES = 8 * 2**20
+
 GRADIENT_CHANNELS = 16  # width of the outward-reference heads (official ``_N``)
 PATCH_ENCODER_WIDTH = 64  # hidden width of the inward-reference blocks (official ``ic``)
 
@@ -351,7 +354,7 @@ class Decoder(nn.Module):
         size of the full-size pass's at twice that stride, as ``coarse`` is). The half part's
         convolution then runs on a quarter of the pixels, and the concatenation (100 MB at stride 4
         for swin_v1_l at 1024²), the upsampled half map and the upsampled coarse map are never made:
-        one resize of the summed small map replaces two. Equal to the official order up to float
+        one resize of the summed small map, a few channels at a time, replaces two. Equal to the official order up to float
         rounding (~1e-6 relative: the channel sum is split and resized before it is added). Other
         lateral modules, and sizes that do not pair up, take the concatenation.
 
@@ -379,7 +382,14 @@ class Decoder(nn.Module):
         out = F.conv2d(feat.full, conv.weight[:, :c], conv.bias)
         low = F.conv2d(feat.half, conv.weight[:, c:])
         low += coarse
-        return out.add_(resize(low, out.shape[-2:]))
+        # resized and added a few channels at a time: no full-size temporary (100 MB at stride 4 for
+        # swin_v1_l at 1024², at the forward's peak of memory), and each chunk is added while in the
+        # cache (85 against 114 ms for the three stages at 1024²; the same values)
+        b, channels, h, w = out.shape
+        step = max(1, _RESIZE_CHUNK_BYTES // (b * h * w * out.element_size()))
+        for i in range(0, channels, step):
+            out[:, i : i + step].add_(resize(low[:, i : i + step], (h, w)))
+        return out
 
     def _final_logits_eval(
         self, x: torch.Tensor, p1: torch.Tensor, image_part: torch.Tensor | None = None
