@@ -581,9 +581,9 @@ def test_lateral_sum_inference_equals_training_form():
 
 def test_two_scale_lateral_sum_equals_the_concatenated_form(monkeypatch):
     """W [full | resize(half)] + b + resize(coarse) = W_full full + b + resize(W_half half + coarse)."""
-    monkeypatch.setattr(
-        decoder_module, "_RESIZE_CHUNK_BYTES", 2 * 8 * 12 * 8 * 4
-    )  # resized 4 channels at a time
+    from birefnet.models import blocks
+
+    monkeypatch.setattr(blocks, "_RESIZE_CHUNK_BYTES", 2 * 8 * 12 * 8 * 4)  # resized 4 channels at a time
     g = torch.Generator().manual_seed(0)
     full = torch.randn(2, 5, 8, 12, generator=g, dtype=torch.float64)
     half = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64)
@@ -615,7 +615,7 @@ def test_two_scale_feature_resized_equals_resize_of_concatenation(monkeypatch):
         torch.randn(1, 7, 8, 12, generator=g, dtype=torch.float64),
     )
     ref = resize(feat.concatenated(), (4, 6))
-    monkeypatch.setattr(blocks, "_TWO_SCALE_CHUNK_BYTES", 2 * 16 * 24 * 8)  # two channels per resize
+    monkeypatch.setattr(blocks, "_RESIZE_CHUNK_BYTES", 2 * 16 * 24 * 8)  # two channels per resize
     with torch.inference_mode():
         ours = feat.resized((4, 6))
     assert ours.shape == (1, 11, 4, 6)

@@ -127,8 +127,17 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
-# Bytes of the full-size map per resize call in :meth:`TwoScaleFeature.resized` (a few channels at a time).
-_TWO_SCALE_CHUNK_BYTES = 8 * 2**20
+# Bytes of output map per resize where a map is resized a few channels at a time (:func:`channel_chunks`):
+# no temporary of all the channels at full size is made, and each chunk is used while in the cache.
+_RESIZE_CHUNK_BYTES = 8 * 2**20
+
+
+def channel_chunks(channels: int, like: torch.Tensor, size: Sequence[int]) -> list[slice]:
+    """Slices of ``channels`` such that a (B, chunk, *size) map of ``like``'s batch and dtype holds at most
+    :data:`_RESIZE_CHUNK_BYTES` (at least one channel per slice)."""
+    per_channel = like.shape[0] * size[0] * size[1] * like.element_size()
+    step = max(1, _RESIZE_CHUNK_BYTES // per_channel)
+    return [slice(i, i + step) for i in range(0, channels, step)]
 
 
 @dataclass(frozen=True)
@@ -166,11 +175,10 @@ class TwoScaleFeature:
         size and then to ``size`` a few channels at a time, so that no full-size map of all its channels
         is made. The same operations on each channel as the official order (values within an ulp:
         the resize kernels vectorise over however many channels they are given)."""
-        b, c = self.half.shape[:2]
         full_size = self.full.shape[-2:]
-        step = max(1, _TWO_SCALE_CHUNK_BYTES // (b * full_size[0] * full_size[1] * self.half.element_size()))
         parts = [resize(self.full, size)]
-        parts += [resize(resize(self.half[:, i : i + step], full_size), size) for i in range(0, c, step)]
+        for chunk in channel_chunks(self.half.shape[1], self.half, full_size):
+            parts.append(resize(resize(self.half[:, chunk], full_size), size))
         return torch.cat(parts, dim=1)
 
 
