@@ -118,6 +118,25 @@ def test_speed_counts_the_official_flops_of_a_forward():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 1, 64, 64)
 
 
+def test_speed_counts_the_official_multi_scale_fusion(monkeypatch):
+    """The count is the official forward's: the concatenated multi-scale stages and their full-size
+    lateral products, not the unfused pairs CPU inference hands to the decoder (which do fewer FLOPs);
+    and the switch is left as it was."""
+    _ceiling()
+    import speed
+    from birefnet import BiRefNet, BiRefNetConfig
+    from birefnet.models import birefnet as birefnet_module
+
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert birefnet_module.TWO_SCALE_LATERALS
+    counted = speed.count_flops(model, x)
+    assert birefnet_module.TWO_SCALE_LATERALS  # restored
+    monkeypatch.setattr(birefnet_module, "TWO_SCALE_LATERALS", False)
+    assert speed.count_flops(model, x) == counted
+
+
 def test_speed_counts_the_flops_of_a_packed_model():
     """A model whose Swin weights are packed for oneDNN (what speed.py times by default) counts the same
     FLOPs as the plain one, and stays packed: the counter does not see oneDNN's op, so it counts plain."""
