@@ -192,7 +192,7 @@ def test_final_stage_fold_equals_official_order(inward):
     assert rel_error(fast, official) < 1e-12
 
 
-def test_eval_forward_equals_training_form_forward():
+def test_eval_forward_equals_training_form_forward(monkeypatch):
     """Whole model: the eval fast paths against the same model's official-order ops (float64)."""
     torch.manual_seed(0)
     model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).double()
@@ -204,16 +204,14 @@ def test_eval_forward_equals_training_form_forward():
     # official order: the training-mode code paths of the decoder, with eval BatchNorm and no dropout
     # (the top level stays in eval mode: no Laplacian, so no gradient labels; the side heads run
     # but do not change the logits)
-    birefnet_module.TWO_SCALE_LATERALS = False  # the concatenated multi-scale maps, as the official code
-    try:
-        with torch.no_grad():
-            model.decoder.train()
-            for m in model.decoder.modules():
-                if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout)):
-                    m.eval()
-            slow = model(x).logits
-    finally:
-        birefnet_module.TWO_SCALE_LATERALS = True
+    # the concatenated multi-scale maps, as the official code
+    monkeypatch.setattr(birefnet_module, "TWO_SCALE_LATERALS", False)
+    with torch.no_grad():
+        model.decoder.train()
+        for m in model.decoder.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout)):
+                m.eval()
+        slow = model(x).logits
     assert rel_error(fast, slow) < 1e-10
 
 
