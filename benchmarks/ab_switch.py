@@ -10,7 +10,7 @@ Each fast path has a module-level switch kept for exactly this comparison:
 * ``keep-heap``: freed heap pages kept mapped during CPU inference forwards (``birefnet.models.memory
   .KEEP_HEAP_PAGES``). The heap a process has built up with it would blur a switch within that process,
   so this switch runs two warm worker processes, one with it and one without, and alternates forwards
-  between them (one at a time, each on ``--threads`` threads).
+  between them (one at a time, each on ``--threads`` threads). Each worker also reports its peak RSS.
 * ``streamed-windows``: each Swin stage run window chunk by window chunk on the oneDNN path
   (``birefnet.models.backbones.swin.STREAM_WINDOWS``). It changes how much memory the heap holds, so it
   runs as two worker processes too.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def _print_pair(i: int, off_label: str, on_label: str, off: float, on: float) ->
 
 def _worker(args: argparse.Namespace) -> None:
     """One side of a per-process switch: set it, build the model, then on each line of stdin run one
-    forward and print its time; at end of input save the probabilities to ``--worker-output``."""
+    forward and print its time; at end of input save the probabilities and the worker's peak RSS
+    (GB of 10^9 bytes, model build included) to ``--worker-output``."""
     setter, _, _ = SWITCHES[args.switch]
     setter(args.worker == "on")
     model, x = _model_and_input(args)
@@ -124,7 +126,8 @@ def _worker(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             out = model(x).logits
             print(time.perf_counter() - t0, flush=True)
-    torch.save(out.sigmoid(), args.worker_output)
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+    torch.save({"prob": out.sigmoid(), "rss_gb": rss_gb}, args.worker_output)
 
 
 def _two_processes(
@@ -159,7 +162,10 @@ def _two_processes(
             proc.wait()
         ref = torch.load(os.path.join(tmp, "off.pt"))
         new = torch.load(os.path.join(tmp, "on.pt"))
-    return off, on, (ref - new).abs().max().item()
+    print(
+        f"peak RSS (model build included): {off_label} {ref['rss_gb']:.2f} GB, {on_label} {new['rss_gb']:.2f} GB"
+    )
+    return off, on, (ref["prob"] - new["prob"]).abs().max().item()
 
 
 def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:

@@ -100,6 +100,8 @@ def test_ab_switch_compares_a_per_process_switch_across_two_workers(capsys, swit
     out = capsys.readouterr().out
     assert out.count("pair ") == 2
     assert labels in out
+    rss = out.split("peak RSS (model build included): ", 1)[1].splitlines()[0]
+    assert rss.count(" GB") == 2  # each worker's own peak
     difference = float(out.rsplit("max |prob difference| ", 1)[1].split()[0])
     assert difference == 0.0 if exact else difference < 1e-5
 
