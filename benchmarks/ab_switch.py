@@ -10,7 +10,7 @@ Each fast path has a module-level switch kept for exactly this comparison:
 * ``keep-heap``: freed heap pages kept mapped during CPU inference forwards (``birefnet.models.memory
   .KEEP_HEAP_PAGES``). The heap a process has built up with it would blur a switch within that process,
   so this switch runs two warm worker processes, one with it and one without, and alternates forwards
-  between them (one at a time, each on ``--threads`` threads). Each worker also reports its peak RSS.
+  between them (one at a time, each on ``--threads`` threads).
 * ``streamed-windows``: each Swin stage run window chunk by window chunk on the oneDNN path
   (``birefnet.models.backbones.swin.STREAM_WINDOWS``). It changes how much memory the heap holds, so it
   runs as two worker processes too.
@@ -27,7 +27,9 @@ Each fast path has a module-level switch kept for exactly this comparison:
 The script times full forwards of a random BiRefNet, switching the path off and on for each pair, and
 prints the median over the pairs of (time off / time on): above 1 means the fast path is faster. It
 also prints the largest difference of the two outputs (probabilities), which only float rounding
-should cause. Timing alternates because this project's machines drift by 10-20 % within minutes.
+should cause. For the per-process switches, which are about memory as much as time, it also prints
+each worker's peak RSS (model build included). Timing alternates because this project's machines
+drift by 10-20 % within minutes.
 
     python benchmarks/ab_switch.py --switch fused-aspp --variant swin_v1_t --size 1024 --pairs 4
     python benchmarks/ab_switch.py --switch keep-heap --variant swin_v1_t --size 1024 --pairs 8
