@@ -273,6 +273,13 @@ def test_window_layout_matches_roll_and_partition(h: int, w: int, ws: int, shift
     # scatter_index inverts the gather on the unpadded positions
     back = ours.reshape(2, -1, 5).index_select(1, layout.scatter_index)
     torch.testing.assert_close(back, x.reshape(2, h * w, 5), rtol=0, atol=0)
+    # slot_token (the window-attention kernel's table): the gather index, -1 in the padding slots, so
+    # every token is written by exactly one slot
+    slots = layout.gather_index.clone()
+    if layout.pad_slots is not None:
+        slots[layout.pad_slots] = -1
+    assert layout.slot_token.dtype == torch.int32 and torch.equal(layout.slot_token.long(), slots)
+    assert torch.equal(torch.sort(slots[slots >= 0]).values, torch.arange(h * w))
 
 
 def test_batch_items_independent() -> None:

@@ -483,6 +483,27 @@ def test_cuda_graph_wrapper_captures_on_the_second_call_and_hands_out_copies(mon
         torch.testing.assert_close(graphs(x + 3).logits, (x + 3) * 2)  # the first graph still replays
 
 
+def test_fast_gelu_option_sets_the_swin_blocks_and_refuses_other_paths():
+    from birefnet.models.backbones.swin import SwinBlock
+    from birefnet.models.optimize import set_fast_gelu
+
+    model = BiRefNet(BiRefNetConfig(backbone="swin_v1_t")).eval()
+    blocks = [m for m in model.modules() if isinstance(m, SwinBlock)]
+    assert blocks and not any(b.gelu_tanh for b in blocks)  # off by default: the exact GELU
+    assert set_fast_gelu(model) == len(blocks) and all(b.gelu_tanh for b in blocks)
+    assert "gelu_tanh" not in str(list(model.state_dict()))  # not a parameter or buffer
+    set_fast_gelu(model, False)
+    assert parse_optimizations("fast-gelu") == ("fast_gelu",)
+    with pytest.raises(ValueError, match="half-weights"):  # needs the CUDA half-weights path
+        optimize_for_inference(model, "fast-gelu", device="cpu")
+    with pytest.raises(ValueError, match="half-weights"):
+        optimize_for_inference(model, "half-weights,fast-gelu", device="cpu", half_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no Swin blocks"):
+        optimize_for_inference(
+            torch.nn.Linear(2, 2), "half-weights,fast-gelu", device="cuda", half_dtype=torch.bfloat16
+        )
+
+
 def test_cuda_graph_refusals():
     with pytest.raises(ValueError, match="CUDA device"):
         optimize_for_inference(torch.nn.Linear(2, 2), "cuda-graph", device="cpu")
@@ -501,7 +522,7 @@ def test_device_window_layout_cache_equals_per_call_build():
         per_call = swin.window_layout(h, w, 6, shift, device=torch.device("cpu"), dtype=torch.float32)
         cached = swin._window_layout_on(h, w, 6, shift, torch.device("cpu"), torch.float32)
         assert cached is swin._window_layout_on(h, w, 6, shift, torch.device("cpu"), torch.float32)
-        for name in ("gather_index", "pad_slots", "scatter_index", "boundary_mask"):
+        for name in ("gather_index", "pad_slots", "scatter_index", "boundary_mask", "slot_token"):
             a, b = getattr(per_call, name), getattr(cached, name)
             assert (a is None) == (b is None), name
             if a is not None:

@@ -74,7 +74,7 @@ MODEL_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "--optimize",
         {
             "metavar": "LIST",
-            "help": "opt-in: comma-separated channels-last, compile, int8, half-weights, cuda-graph "
+            "help": "opt-in: comma-separated channels-last, compile, int8, half-weights, cuda-graph, fast-gelu "
             "(docs/performance.md)",
         },
     ),

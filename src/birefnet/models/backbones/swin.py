@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birefnet.models import onednn
+from birefnet.models import _swin_triton, onednn
 from birefnet.models.backbones.base import Backbone, DropPath, init_transformer_weights
 from birefnet.models.tracing import is_tracing
 
@@ -118,6 +118,8 @@ class WindowLayout:
             hold real tokens, ``rows`` (a ``(n,)`` index), or None when all do. The outputs of
             padding slots are cropped away, so at inference attention is computed for the real
             query rows only (padding tokens still take part as keys and values).
+        slot_token: ``(nW * ws^2,)`` int32: ``gather_index`` with -1 in the padding slots (the
+            window-attention kernel's table, :mod:`birefnet.models._swin_triton`).
     """
 
     padded: tuple[int, int]
@@ -129,6 +131,7 @@ class WindowLayout:
     boundary_mask: torch.Tensor | None
     window_order: torch.Tensor
     query_groups: tuple[tuple[int, int, torch.Tensor | None], ...]
+    slot_token: torch.Tensor
 
 
 def window_layout(
@@ -187,6 +190,7 @@ def _window_layout_on(
             query_groups=tuple(
                 (lo, hi, None if rows is None else rows.to(device)) for lo, hi, rows in cpu.query_groups
             ),
+            slot_token=cpu.slot_token.to(device),
         )
         layout = _with_float_mask(on_device, dtype)
     if device.type == "cuda":
@@ -259,6 +263,7 @@ def _window_layout_cpu(height: int, width: int, ws: int, shift: int) -> WindowLa
         masked,
         order,
         tuple(groups),
+        torch.where(valid, gather_index, -1).to(torch.int32),
     )
 
 
@@ -531,6 +536,17 @@ def _linear_plus(module: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> 
     return out
 
 
+#: On CUDA with Triton installed, half-precision inference (half weights or autocast) attends with the kernel
+#: of :mod:`birefnet.models._swin_triton` (:meth:`SwinBlock._forward_kernel`) instead of the gather / SDPA /
+#: scatter path. Read per block call; ``benchmarks/gpu.py``'s ``*-sdpa`` modes turn it off to compare.
+WINDOW_KERNEL = True
+
+#: With :data:`WINDOW_KERNEL`, when the model itself is float16/bfloat16 (no autocast): each block's two
+#: residual sums are accumulated into the stream in place, their biases added by the Triton LayerNorm that
+#: reads the stream anyway (:meth:`SwinBlock._forward_kernel`). Same sums, another rounding order.
+FUSED_RESIDUALS = True
+
+
 # Tokens per oneDNN call where outputs are chunked: the fused MLP (:func:`_onednn_mlp_residual`), whose
 # 4C-wide hidden chunk (6-25 MB in swin_v1_l) stays in the cache between fc1 and fc2 and comes from the
 # heap, not a fresh mapping, and a large qkv projection copied into the workspace.
@@ -662,6 +678,11 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        #: On the fused CUDA half-weights path (:meth:`_forward_kernel`), the MLP's GELU in its tanh form
+        #: inside the first product's cuBLASLt epilogue instead of the exact (erf) GELU as its own pass: a
+        #: different function (|gelu_tanh - gelu| < 5e-4 everywhere), set only by the ``fast_gelu``
+        #: option (:func:`birefnet.models.optimize.optimize_for_inference`). Not a parameter or buffer.
+        self.gelu_tanh = False
 
     def forward(
         self, x: torch.Tensor, layout: WindowLayout, workspace: _Workspace | None = None
@@ -674,6 +695,8 @@ class SwinBlock(nn.Module):
 
         Returns ``(B, H, W, C)``.
         """
+        if workspace is None and self._kernel_attends(x):
+            return self._forward_kernel(x, layout)
         if workspace is not None and not (_plain_linear(self.attn.qkv, x) and _plain_linear(self.mlp.fc1, x)):
             workspace = None  # a replaced (e.g. quantised) layer cannot write into a given buffer
         b, h, w, c = x.shape
@@ -746,6 +769,72 @@ class SwinBlock(nn.Module):
         _linear_into(self.mlp.fc1, self.norm2(x), hidden)
         torch.ops.aten.gelu_(hidden)
         return _linear_plus(self.mlp.fc2, hidden, x)
+
+    def _kernel_attends(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` attends with the Triton kernel (:data:`WINDOW_KERNEL`): CUDA inference
+        whose qkv comes out in float16/bfloat16 (half weights, or autocast), plain Linear projections."""
+        if not WINDOW_KERNEL or not _swin_triton.AVAILABLE or not x.is_cuda:
+            return False
+        autocast = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        return type(self.attn.qkv) is nn.Linear and _swin_triton.usable(
+            x.device, dtype, self.attn.dim // self.attn.num_heads, torch.is_grad_enabled()
+        )
+
+    def _forward_kernel(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """:meth:`forward` at CUDA half-precision inference: ``norm1``, the qkv projection of the unpadded
+        token map, then one Triton kernel (:func:`birefnet.models._swin_triton.window_attention`) that
+        reads each window's rows through ``layout.slot_token`` (padding slots: the qkv bias, i.e. a zero
+        token) and writes each real query's output to its own token row, so no gather, padding, scatter
+        or layout copy runs. Same function as the SDPA path, rounded in another order.
+
+        With the model itself in half precision (no autocast; :data:`FUSED_RESIDUALS`), the residual
+        stream is fused too: ``norm1`` also writes ``x + b_proj`` and the output projection's product is
+        accumulated into it in place (``addmm_``, float32 sums rounded once), and likewise ``norm2``
+        with ``b_fc2`` and the MLP's second product: two elementwise passes and two launches fewer per
+        block. :attr:`gelu_tanh` (off by default) takes the MLP's GELU into the first product's epilogue,
+        in its tanh form.
+        """
+        b, h, w, c = x.shape
+        attn, mlp = self.attn, self.mlp
+        fuse = (
+            FUSED_RESIDUALS
+            and not torch.is_autocast_enabled(x.device.type)
+            and x.is_contiguous()
+            and all(type(m) is nn.Linear and m.bias is not None for m in (attn.proj, mlp.fc1, mlp.fc2))
+            and all(n.weight is not None and n.bias is not None for n in (self.norm1, self.norm2))
+            and x.dtype == attn.proj.weight.dtype
+        )
+        if fuse:
+            normed, x = _swin_triton.layer_norm(x, self.norm1, plus=attn.proj.bias)  # x: a new x + b_proj
+        else:
+            normed = self.norm1(x)
+        qkv = attn.qkv(normed.reshape(b, h * w, c))  # (B, L, 3C); autocast casts to its dtype
+        y = _swin_triton.window_attention(
+            qkv,
+            attn.qkv.bias,
+            layout.slot_token,
+            attn.relative_position_bias(),
+            layout.boundary_mask,
+            layout.num_unmasked,
+            attn.num_heads,
+        )
+        del qkv
+        if not fuse:
+            x = x + self.drop_path(attn.proj(y).view(b, h, w, c))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        flat = x.view(-1, c)
+        flat.addmm_(y.view(-1, c), attn.proj.weight.t())
+        del y
+        normed, _ = _swin_triton.layer_norm(x, self.norm2, plus=mlp.fc2.bias, x_plus=x)  # x += b_fc2
+        normed = normed.view(-1, c)
+        if self.gelu_tanh:  # cuBLASLt's GELU epilogue is the tanh form
+            hidden = torch._addmm_activation(mlp.fc1.bias, normed, mlp.fc1.weight.t(), use_gelu=True)
+        else:
+            hidden = torch.ops.aten.gelu_(mlp.fc1(normed))
+        del normed
+        flat.addmm_(hidden, mlp.fc2.weight.t())
+        return x
 
     def forward_streamed(
         self,
@@ -1080,7 +1169,13 @@ class SwinTransformer(Backbone):
         # multi-scale concatenations, the resizes and the decoder's 1x1 lateral convolutions all take
         # that layout without reordering (lateral_block2 of swin_v1_t at 1024²: 97 -> 37 ms).
         # Elsewhere they are made NCHW-contiguous.
-        channels_last = x.device.type == "cpu" and not torch.is_grad_enabled() and not is_tracing()
+        # A channels-last input (the channels-last option) keeps them channels-last on other devices too:
+        # no NCHW copy of each, and a channels-last decoder after them (on an H100, swin_v1_l at 1024² in
+        # bf16, batch 8: 82.4 -> 94.4 images/s with the model's convolutions channels-last as well).
+        wants = x.device.type == "cpu" or (
+            x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        )
+        channels_last = wants and not torch.is_grad_enabled() and not is_tracing()
         x = self.patch_embed(x)
         outs = []
         for i, layer in enumerate(self.layers):

@@ -1,0 +1,105 @@
+"""The Triton kernels of the CUDA Swin path (:mod:`birefnet.models._swin_triton`): window attention read
+and written in token order, and the LayerNorm that also writes the residual stream plus a bias.
+
+They run on GPUs; here Triton's CPU interpreter (``TRITON_INTERPRET=1``) runs their arithmetic, in a
+subprocess (the interpreter is chosen when Triton is imported). bfloat16 products are not emulated by the
+interpreter; float16 stands in for the half types. Skipped where Triton is not installed (the CPU wheel of
+PyTorch has none: ``pip install triton`` to run them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from birefnet.models import _swin_triton
+from birefnet.models.backbones import swin
+
+needs_triton = pytest.mark.skipif(
+    not _swin_triton.AVAILABLE, reason="Triton is not installed (pip install triton)"
+)
+
+# Each case: one Swin block on the kernel path against the same block's export path (pad, roll, reshape
+# partition, explicit softmax; the original formulation) in float64. Window 7 (N = 49) and 12 (N = 144,
+# several key blocks), with and without the shift, maps that need padding, both tile shapes that cut N.
+_BLOCK_CHECK = r"""
+import json, sys, torch
+from birefnet.models import _swin_triton
+from birefnet.models.backbones import swin
+
+torch.manual_seed(0)
+results = []
+cases = [(7, 3, (10, 13), (16, 16), True), (7, 0, (14, 14), (64, 64), True), (12, 6, (14, 17), (64, 64), True),
+         (12, 6, (14, 17), (32, 16), False), (12, 0, (13, 12), (128, 32), True)]
+plain = _swin_triton.window_attention
+for ws, shift, (h, w), tile, fused in cases:
+    block = swin.SwinBlock(64, 2, ws, shift).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, h, w, 64)
+    swin.FUSED_RESIDUALS = fused
+    swin._swin_triton.window_attention = lambda *a, tile=tile, **k: plain(*a, **k, tile=tile)
+    with torch.no_grad():
+        ref = block.double().forward_traceable(x.double())
+        for dtype in (torch.float32, torch.float16):
+            block = block.to(dtype)
+            layout = swin.window_layout(h, w, ws, shift, device="cpu", dtype=dtype)
+            got = block._forward_kernel(x.to(dtype), layout)
+            err = float((got.double() - ref).abs().max() / ref.abs().max())
+            results.append({"case": [ws, shift, h, w, fused], "dtype": str(dtype), "err": err,
+                            "shape_ok": got.shape == ref.shape, "dtype_ok": got.dtype == dtype})
+
+# the LayerNorm kernel: norm and x + plus, into a new tensor and in place
+norm = torch.nn.LayerNorm(96)
+with torch.no_grad():
+    norm.weight.normal_(1, 0.2)
+    norm.bias.normal_(0, 0.2)
+x = torch.randn(3, 5, 96) * 2 + 0.5
+plus = torch.randn(96)
+y, x_plus = _swin_triton.layer_norm(x, norm, plus=plus)
+y_none, none = _swin_triton.layer_norm(x, norm)
+inplace = x.clone()
+y_in, same = _swin_triton.layer_norm(inplace, norm, plus=plus, x_plus=inplace)
+with torch.no_grad():
+    ref_y = norm(x)
+results.append({
+    "ln_err": float((y - ref_y).abs().max()), "plus_err": float((x_plus - (x + plus)).abs().max()),
+    "none_ok": none is None and torch.equal(y_none, y),
+    "inplace_ok": same is inplace and torch.equal(inplace, x_plus) and torch.equal(y_in, y),
+})
+json.dump(results, sys.stdout)
+"""
+
+
+@needs_triton
+def test_kernel_block_path_matches_the_original_formulation_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _BLOCK_CHECK], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    *blocks, ln = json.loads(run.stdout)
+    assert len(blocks) == 10
+    for r in blocks:
+        assert r["shape_ok"] and r["dtype_ok"], r
+        assert r["err"] < (3e-3 if r["dtype"] == "torch.float16" else 2e-6), r
+    assert ln["ln_err"] < 1e-5 and ln["plus_err"] == 0.0 and ln["none_ok"] and ln["inplace_ok"], ln
+
+
+def test_kernel_path_is_only_chosen_for_cuda_half_inference():
+    block = swin.SwinBlock(64, 2, 7, 0).eval()
+    x = torch.randn(1, 7, 7, 64)
+    with torch.no_grad():
+        assert not block._kernel_attends(x)  # a CPU tensor
+        assert not block._kernel_attends(x.half())
+    cuda = torch.device("cuda")
+    assert not _swin_triton.usable(cuda, torch.float32, 32, needs_grad=False)  # exact mode keeps SDPA
+    assert not _swin_triton.usable(cuda, torch.bfloat16, 24, needs_grad=False)  # head width not for tl.dot
+    assert not _swin_triton.usable(cuda, torch.bfloat16, 32, needs_grad=True)  # no backward
+    assert _swin_triton.usable(cuda, torch.bfloat16, 32, needs_grad=False) == _swin_triton.AVAILABLE
