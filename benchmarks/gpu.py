@@ -21,6 +21,16 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``*-1stream``: the same mode with :data:`birefnet.models.streams.ENABLED` off, i.e. the whole forward on
   one CUDA stream (every other mode runs the half-size backbone pass and the decoder's image-only work
   on a second stream);
+* ``*-nofuse``: the same mode with :data:`birefnet.models.backbones.swin.FUSED_RESIDUALS` off (the residual
+  sums as separate adds, the LayerNorms ATen's); ``*-tanh``: with the
+  ``fast_gelu`` option (each Swin block's ``gelu_tanh``: the MLP's GELU in its tanh form, in the first
+  product's epilogue; a different function, reported by its own max|dp|);
+* ``*-cl-*``: the model's convolution weights and the input channels-last (the ``channels-last`` option),
+  so the Swin stage outputs stay channels-last and the decoder runs so; ``bf16-cl`` is the autocast mode so;
+* ``*-sdpa``: the same mode with :data:`birefnet.models.backbones.swin.WINDOW_KERNEL` off, i.e. the Swin
+  blocks attend through the window gather, ``F.scaled_dot_product_attention`` and the scatter instead of
+  the Triton window-attention kernel (:mod:`birefnet.models._swin_triton`) that every other half-precision
+  mode uses where Triton is present;
 * ``bf16-graph``: eager bf16 captured once per batch size into a CUDA graph and replayed (removes the
   per-kernel launch cost of the Python forward; static input size);
 * ``bf16-compile``: ``torch.compile`` (default mode, static shapes), compile time reported per batch
@@ -60,6 +70,8 @@ from collections.abc import Callable
 import torch
 
 from birefnet.models import deform_conv, streams
+from birefnet.models.backbones import swin
+from birefnet.models.optimize import set_fast_gelu
 
 _OUR_DEFORM_CONV2D = deform_conv.deform_conv2d
 
@@ -83,6 +95,16 @@ MODES = (
     "fp16-weights-optimize",
     "bf16-weights-graph-1stream",
     "fp16-weights-graph-1stream",
+    "bf16-weights-graph-sdpa",
+    "fp16-weights-graph-sdpa",
+    "bf16-graph-sdpa",
+    "bf16-weights-graph-nofuse",
+    "bf16-weights-graph-tanh",
+    "fp16-weights-graph-tanh",
+    "bf16-weights-cl-graph",
+    "bf16-weights-cl-graph-tanh",
+    "fp16-weights-cl-graph",
+    "fp16-weights-cl-graph-tanh",
 )
 
 
@@ -91,6 +113,13 @@ def _weights_dtype(mode: str) -> torch.dtype | None:
     if "-weights" not in mode:
         return None
     return torch.float16 if mode.startswith("fp16") else torch.bfloat16
+
+
+def _switches(mode: str) -> None:
+    """Set the module switches a mode's suffixes name (see the module docstring); the rest to defaults."""
+    streams.ENABLED = not mode.endswith("-1stream")
+    swin.WINDOW_KERNEL = not mode.endswith("-sdpa")
+    swin.FUSED_RESIDUALS = not mode.endswith("-nofuse")
 
 
 def _sync(device: torch.device) -> None:
@@ -182,13 +211,13 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
     deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
     # Every mode but one runs the fused Triton deformable convolution where Triton is present.
     deform_conv.USE_TRITON = mode != "bf16-gather"
-    streams.ENABLED = not mode.endswith("-1stream")
+    _switches(mode)
     if mode == "bf16-tvdeform":  # comparison only: torchvision's CUDA kernel, the official code's
         from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
         deform_conv.deform_conv2d = tv_deform_conv2d
     net: Callable[[torch.Tensor], object] = model
-    if mode == "bf16-cl":
+    if "-cl" in mode:
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x1, xb = (t.contiguous(memory_format=torch.channels_last) for t in (x1, xb))
         net = model
@@ -197,6 +226,8 @@ def _measure(mode: str, model: torch.nn.Module, x1: torch.Tensor, xb: torch.Tens
         model = copy.deepcopy(model).to(dtype)
         x1, xb = x1.to(dtype), xb.to(dtype)
         net = model
+        if mode.endswith("-tanh"):  # the copy only
+            set_fast_gelu(model)
     if "compile" in mode:
         net = torch.compile(model, dynamic=False, mode="reduce-overhead" if mode.endswith("graph") else None)
     graph = "graph" in mode and "compile" not in mode
@@ -270,9 +301,15 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
     device time (torch.profiler) for one eager forward of ``x`` in ``mode``."""
     device = x.device
     _set_tf32(False)
+    _switches(mode)
+    if "-cl" in mode:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     dtype = _weights_dtype(mode)
     if dtype is not None:  # the whole model in that type (see the *-weights modes)
         model, x = copy.deepcopy(model).to(dtype), x.to(dtype)
+        if mode.endswith("-tanh"):
+            set_fast_gelu(model)
     events: dict[str, list] = {}
     handles = []
     groups = _module_groups(model) if device.type == "cuda" else {}  # CUDA events need a CUDA device
@@ -310,7 +347,7 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch_profile(activities=activities) as prof:
+    with torch_profile(activities=activities, record_shapes=True) as prof:
         run()
         _sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -319,6 +356,13 @@ def profile(model: torch.nn.Module, x: torch.Tensor, mode: str, out_dir: str | N
     if out_dir:
         with open(f"{out_dir}/profile_{mode}.txt", "w") as f:
             f.write(prof.key_averages().table(sort_by=key, row_limit=200, max_name_column_width=90))
+            # the same operators split by input shapes: which copies, adds and norms cost what
+            f.write(
+                prof.key_averages(group_by_input_shape=True).table(
+                    sort_by=key, row_limit=120, max_name_column_width=40, max_shapes_column_width=110
+                )
+            )
+    _switches("")
 
 
 #: Ways to run the graph-replay check (``--graph-replay``): as the bf16 autocast forward, and with one
@@ -425,7 +469,7 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         nargs="*",
-        choices=("bf16", "fp32", "bf16-weights"),
+        choices=MODES,
         help="after the modes, profile one eager forward at the throughput batch in these modes",
     )
     ap.add_argument("--json", help="also write the results to this file (rewritten after every mode)")
@@ -531,6 +575,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     deform_conv.deform_conv2d = _OUR_DEFORM_CONV2D
+    deform_conv.USE_TRITON = True
     for mode in args.profile or ():
         import os
 
