@@ -27,6 +27,8 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
   product's epilogue; a different function, reported by its own max|dp|);
 * ``*-cl-*``: the model's convolution weights and the input channels-last (the ``channels-last`` option),
   so the Swin stage outputs stay channels-last and the decoder runs so; ``bf16-cl`` is the autocast mode so;
+* ``*-epi*``: with :data:`birefnet.models.blocks.FUSE_DEFORM_EPILOGUE` on (each deformable ASPP branch's
+  BatchNorm and ReLU inside the fused deformable kernel);
 * ``*-sdpa``: the same mode with :data:`birefnet.models.backbones.swin.WINDOW_KERNEL` off, i.e. the Swin
   blocks attend through the window gather, ``F.scaled_dot_product_attention`` and the scatter instead of
   the Triton window-attention kernel (:mod:`birefnet.models._swin_triton`) that every other half-precision
@@ -69,7 +71,7 @@ from collections.abc import Callable
 
 import torch
 
-from birefnet.models import deform_conv, streams
+from birefnet.models import blocks, deform_conv, streams
 from birefnet.models.backbones import swin
 from birefnet.models.optimize import set_fast_gelu
 
@@ -105,6 +107,9 @@ MODES = (
     "bf16-weights-cl-graph-tanh",
     "fp16-weights-cl-graph",
     "fp16-weights-cl-graph-tanh",
+    "bf16-weights-cl-graph-epi",
+    "bf16-weights-cl-graph-epi-tanh",
+    "fp16-weights-cl-graph-epi",
 )
 
 
@@ -120,6 +125,7 @@ def _switches(mode: str) -> None:
     streams.ENABLED = not mode.endswith("-1stream")
     swin.WINDOW_KERNEL = not mode.endswith("-sdpa")
     swin.FUSED_RESIDUALS = not mode.endswith("-nofuse")
+    blocks.FUSE_DEFORM_EPILOGUE = "-epi" in mode
 
 
 def _sync(device: torch.device) -> None:

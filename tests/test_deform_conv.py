@@ -503,3 +503,85 @@ def test_wide_index_and_position_types_give_the_same_samples(monkeypatch):
         assert (sampler.index_dtype, sampler.position_dtype) == (torch.int64, torch.float64)
         wide = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
     assert torch.equal(narrow, wide)
+
+
+_EPILOGUE_CHECK = r"""
+import json, sys, torch
+from birefnet.models import _deform_triton as dt
+from birefnet.models.deform_conv import deform_conv2d
+
+torch.manual_seed(0)
+results = []
+for dtype in (torch.float32, torch.float16):
+    x = torch.randn(2, 24, 9, 10, dtype=torch.float64)
+    offset = torch.randn(2, 18, 9, 10, dtype=torch.float64) * 2
+    mask = torch.rand(2, 9, 9, 10, dtype=torch.float64) * 2
+    weight = torch.randn(20, 24, 3, 3, dtype=torch.float64)
+    scale, shift = torch.rand(20, dtype=torch.float64) + 0.5, torch.randn(20, dtype=torch.float64)
+    ref = torch.relu(deform_conv2d(x, offset, weight, None, 1, 1, 1, mask) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    low = [t.to(dtype) for t in (x, offset, weight, mask)]
+    got = dt.deform_conv2d_fused(*low, (1, 1), (1, 1), (1, 1), scale=scale, shift=shift, relu=True, tile=(16, 16))
+    err = float((got.double() - ref).abs().max() / ref.abs().max())
+    results.append({"dtype": str(dtype), "err": err, "dtype_ok": got.dtype == dtype, "relu_ok": bool((got >= 0).all())})
+json.dump(results, sys.stdout)
+"""
+
+
+@pytest.mark.skipif(not dc._deform_triton.AVAILABLE, reason="Triton is not installed (pip install triton)")
+def test_fused_kernel_affine_relu_epilogue_under_the_interpreter():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _EPILOGUE_CHECK], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    for r in json.loads(run.stdout):
+        assert r["dtype_ok"] and r["relu_ok"], r
+        assert r["err"] < (2e-3 if r["dtype"] == "torch.float16" else 1e-6), r
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+@pytest.mark.parametrize("norm", ["bn", ""])
+def test_aspp_branch_hands_its_norm_and_relu_to_the_fused_kernel(monkeypatch, conv_bias, norm):
+    """FUSE_DEFORM_EPILOGUE: the branch passes the eval BatchNorm (or none) and the conv bias folded into
+    one scale and shift; stood in for by the eager ops here (the kernel's own arithmetic is the interpreter
+    test above), the branch output equals the unfused one."""
+    from birefnet.models import blocks
+
+    conv = dc.DeformableConv2d(6, 5, kernel_size=3, padding=1, bias=conv_bias)
+    branch = blocks._ASPPBranch(conv, 5, norm).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in branch.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if norm:
+            branch.bn.running_mean.copy_(torch.randn(5, generator=g) * 0.1)
+            branch.bn.running_var.copy_(torch.rand(5, generator=g) + 0.5)
+    x = torch.randn(2, 6, 7, 8, generator=g)
+    with torch.no_grad():
+        expected = branch(x)
+    calls = []
+
+    def fake_fused(x, offset, weight, mask, stride, padding, dilation, *, scale=None, shift=None, relu=False):
+        calls.append(relu)
+        with monkeypatch.context() as m:  # the eager path itself, not this stand-in again
+            m.setattr(dc, "USE_TRITON", False)
+            out = dc.deform_conv2d(x, offset, weight, None, stride, padding, dilation, mask)
+        if scale is not None:
+            out = out * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        return out.relu() if relu else out
+
+    monkeypatch.setattr(blocks, "FUSE_DEFORM_EPILOGUE", True)
+    monkeypatch.setattr(dc._deform_triton, "usable", lambda *a: True)
+    monkeypatch.setattr(dc._deform_triton, "deform_conv2d_fused", fake_fused)
+    with torch.no_grad():
+        got = branch(x)
+    assert calls == [True]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    with torch.enable_grad():  # with autograd the plain operations run (the kernel without an epilogue)
+        branch(x)
+    assert calls == [True, False]

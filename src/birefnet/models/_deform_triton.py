@@ -58,6 +58,8 @@ if AVAILABLE:
         mask_ptr,  # (B, KH·KW, Ho, Wo), any strides (unused without HAS_MASK)
         w_ptr,  # (KH·KW·C, O) contiguous: row k·C + c
         out_ptr,  # (B·Ho·Wo, O) contiguous
+        scale_ptr,  # (O,) float32 (unused without HAS_AFFINE)
+        shift_ptr,  # (O,) float32 (unused without HAS_AFFINE)
         P,
         H,
         W,
@@ -86,6 +88,8 @@ if AVAILABLE:
         KH: tl.constexpr,
         KW: tl.constexpr,
         HAS_MASK: tl.constexpr,
+        HAS_AFFINE: tl.constexpr,  # out * scale + shift per output channel (an eval BatchNorm, a bias)
+        RELU: tl.constexpr,
         PRECISION: tl.constexpr,
         BLOCK_P: tl.constexpr,
         BLOCK_O: tl.constexpr,
@@ -172,6 +176,11 @@ if AVAILABLE:
                     other=0.0,
                 )
                 acc = tl.dot(v.to(wt.dtype), wt, acc, input_precision=PRECISION)
+        if HAS_AFFINE:
+            acc = acc * tl.load(scale_ptr + o, mask=o_ok, other=0.0)[None, :]
+            acc += tl.load(shift_ptr + o, mask=o_ok, other=0.0)[None, :]
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
         out = out_ptr + p[:, None].to(tl.int64) * O + o[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & o_ok[None, :])
 
@@ -202,9 +211,17 @@ def deform_conv2d_fused(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     *,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    relu: bool = False,
     tile: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Modulated deformable convolution without bias, one offset group (shapes checked by the caller).
+
+    Optionally with an epilogue on the float32 sums before the one rounding to the output type:
+    ``sum * scale + shift`` per output channel (a bias, an eval-mode BatchNorm, or both folded), then
+    ReLU. Each is a pass over the output saved (for swin_v1_l's first decoder block at 1024², batch 8:
+    268 MB per ASPP branch and pass).
 
     Args:
         x: ``(B, C, H, W)`` float16, bfloat16 or float32 (copied to channels-last unless it already is).
@@ -212,6 +229,8 @@ def deform_conv2d_fused(
         weight: ``(O, C, kh, kw)``; used in the dtype of ``x``.
         mask: ``(B, kh·kw, Ho, Wo)`` or ``None``; read in place.
         stride, padding, dilation: pairs, as in :func:`~birefnet.models.deform_conv.deform_conv2d`.
+        scale, shift: ``(O,)`` per-channel factor and offset of the epilogue, or both None for none.
+        relu: ReLU after the affine epilogue.
         tile: ``(BLOCK_P, BLOCK_O)`` to bypass the autotuner (tests; the interpreter has no timer).
 
     Returns:
@@ -227,6 +246,14 @@ def deform_conv2d_fused(
     n_pixels = batch * out_h * out_w
     out = torch.empty((n_pixels, out_channels), device=x.device, dtype=x.dtype)
     mask_t = offset if mask is None else mask  # a valid pointer; not read without a mask
+    if (scale is None) != (shift is None):
+        raise ValueError("scale and shift come together (use ones or zeros for the missing one)")
+    affine = scale is not None
+    if affine:
+        scale = scale.to(device=x.device, dtype=torch.float32).contiguous()
+        shift = shift.to(device=x.device, dtype=torch.float32).contiguous()
+    else:
+        scale = shift = out  # valid pointers; not read without HAS_AFFINE
     precision = "tf32" if x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
     args = (
         x_nhwc,
@@ -234,6 +261,8 @@ def deform_conv2d_fused(
         mask_t,
         weight_t,
         out,
+        scale,
+        shift,
         n_pixels,
         height,
         width,
@@ -248,7 +277,15 @@ def deform_conv2d_fused(
         *dilation,
         max(n_pixels, 1).bit_length(),
     )
-    meta = {"C": channels, "KH": kh, "KW": kw, "HAS_MASK": mask is not None, "PRECISION": precision}
+    meta = {
+        "C": channels,
+        "KH": kh,
+        "KW": kw,
+        "HAS_MASK": mask is not None,
+        "HAS_AFFINE": affine,
+        "RELU": relu,
+        "PRECISION": precision,
+    }
     block_c = _channel_block(channels)
     if tile is None:
 

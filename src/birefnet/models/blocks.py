@@ -26,6 +26,12 @@ ASPP_PLANES = 256  # width of every ASPP branch (official ``in_channelster``)
 #: comparisons (``benchmarks/ab_switch.py --switch fused-aspp``); both paths compute the same function.
 FUSE_DEFORMABLE_BRANCHES = True
 
+#: At CUDA inference where the fused Triton deformable kernel runs, a deformable ASPP branch's eval-mode
+#: BatchNorm and ReLU are applied inside that kernel, on its float32 sums, instead of as three passes over
+#: the 256-channel output (:meth:`DeformableConv2d.forward_affine_relu`). Same function, one rounding
+#: instead of three. Off until measured on a GPU (``benchmarks/gpu.py``'s ``-epi`` modes).
+FUSE_DEFORM_EPILOGUE = False
+
 
 def make_norm(channels: int, norm: str) -> nn.Module:
     """BatchNorm2d for ``norm == "bn"`` (all released weights), identity for ``"none"``."""
@@ -194,7 +200,17 @@ class _ASPPBranch(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(norm_inplace(self.bn, self.atrous_conv(x)))
+        conv = self.atrous_conv
+        if FUSE_DEFORM_EPILOGUE and isinstance(conv, DeformableConv2d) and not torch.is_grad_enabled():
+            affine = frozen_affine(self.bn)
+            if affine is None and isinstance(self.bn, nn.Identity):
+                ones = torch.ones(conv.regular_conv.out_channels, device=x.device)
+                affine = (ones, torch.zeros_like(ones))
+            if affine is not None:
+                out = conv.forward_affine_relu(x, *affine)
+                if out is not None:  # None: the fused kernel does not apply here (CPU, float32...)
+                    return out
+        return self.relu(norm_inplace(self.bn, conv(x)))
 
 
 class _ASPPHead(nn.Module):

@@ -676,6 +676,29 @@ class DeformableConv2d(nn.Module):
             mask=mask,
         )
 
+    def forward_affine_relu(
+        self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``relu(self(x) * scale + shift)``, per output channel, in the fused Triton kernel at CUDA
+        inference: the affine (an eval BatchNorm; ``regular_conv``'s bias folded in) and the ReLU act on
+        its float32 sums, so the output is written once. None where that kernel does not apply (the
+        caller then runs the plain operations).
+
+        Args:
+            x: ``(B, C, H, W)``.
+            scale, shift: ``(O,)`` factor and offset.
+        """
+        if not (USE_TRITON and _deform_triton.usable(x, 1, torch.is_grad_enabled())):
+            return None
+        offset, mask = self.offsets_and_mask(x)
+        weight, bias = self.regular_conv.weight, self.regular_conv.bias
+        pairs = _geometry(x, offset, weight, None, mask, self.stride, self.padding, 1)[:3]
+        if bias is not None:  # (p + b) * s + t
+            shift = shift + bias.to(shift.dtype) * scale
+        return _deform_triton.deform_conv2d_fused(
+            x, offset, weight, mask, *pairs, scale=scale, shift=shift, relu=True
+        )
+
     def forward_rows(self, x: torch.Tensor, epilogue: RowEpilogue) -> None:
         """:meth:`forward` handed to ``epilogue`` chunk by chunk (:func:`deform_conv2d_rows`; inference).
 
