@@ -120,7 +120,7 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
             align_corners=True,
         )
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            return out  # a channels-last model (benchmarks/gpu.py's -cl modes) stays channels-last
+            return out  # a channels-last model (the channels-last option) stays channels-last
         return out.contiguous()
     if x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous() and not is_tracing():
         # ATen's CPU kernel copies a many-channel NCHW map to channels-last, resizes it there and
