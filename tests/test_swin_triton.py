@@ -55,6 +55,22 @@ for ws, shift, (h, w), tile, fused in cases:
             results.append({"case": [ws, shift, h, w, fused], "dtype": str(dtype), "err": err,
                             "shape_ok": got.shape == ref.shape, "dtype_ok": got.dtype == dtype})
 
+# under autocast (float32 weights and stream, half qkv): the unfused residuals, a float32 output
+swin._swin_triton.window_attention = lambda *a, **k: plain(*a, **k, tile=(16, 16))
+block = swin.SwinBlock(64, 2, 12, 6).eval()
+with torch.no_grad():
+    for p in block.parameters():
+        p.normal_(0, 0.3)
+x = torch.randn(2, 14, 17, 64)
+with torch.no_grad():
+    ref = block.double().forward_traceable(x.double())
+    block = block.float()
+    layout = swin.window_layout(14, 17, 12, 6, device="cpu", dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = block._forward_kernel(x, layout)
+err = float((got.double() - ref).abs().max() / ref.abs().max())
+autocast = {"err": err, "dtype_ok": got.dtype == torch.float32}
+
 # the LayerNorm kernel: norm and x + plus, into a new tensor and in place
 norm = torch.nn.LayerNorm(96)
 with torch.no_grad():
@@ -73,6 +89,7 @@ results.append({
     "none_ok": none is None and torch.equal(y_none, y),
     "inplace_ok": same is inplace and torch.equal(inplace, x_plus) and torch.equal(y_in, y),
 })
+results.append(autocast)
 json.dump(results, sys.stdout)
 """
 
@@ -84,12 +101,13 @@ def test_kernel_block_path_matches_the_original_formulation_under_the_interprete
         [sys.executable, "-c", _BLOCK_CHECK], capture_output=True, text=True, env=env, timeout=600
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    *blocks, ln = json.loads(run.stdout)
+    *blocks, ln, autocast = json.loads(run.stdout)
     assert len(blocks) == 10
     for r in blocks:
         assert r["shape_ok"] and r["dtype_ok"], r
         assert r["err"] < (3e-3 if r["dtype"] == "torch.float16" else 2e-6), r
     assert ln["ln_err"] < 1e-5 and ln["plus_err"] == 0.0 and ln["none_ok"] and ln["inplace_ok"], ln
+    assert autocast["dtype_ok"] and autocast["err"] < 3e-3, autocast
 
 
 def test_kernel_path_is_only_chosen_for_cuda_half_inference():
