@@ -28,7 +28,8 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
 * ``*-cl-*``: the model's convolution weights and the input channels-last (the ``channels-last`` option),
   so the Swin stage outputs stay channels-last and the decoder runs so; ``bf16-cl`` is the autocast mode so;
 * ``*-epi*``: with :data:`birefnet.models.blocks.FUSE_DEFORM_EPILOGUE` on (each deformable ASPP branch's
-  BatchNorm and ReLU inside the fused deformable kernel);
+  BatchNorm and ReLU inside the fused deformable kernel); ``*-rs*``: with
+  :data:`birefnet.models.blocks.TRITON_RESIZE` on (the decoder's half-precision resizes by the Triton kernel);
 * ``*-sdpa``: the same mode with :data:`birefnet.models.backbones.swin.WINDOW_KERNEL` off, i.e. the Swin
   blocks attend through the window gather, ``F.scaled_dot_product_attention`` and the scatter instead of
   the Triton window-attention kernel (:mod:`birefnet.models._swin_triton`) that every other half-precision
@@ -110,6 +111,10 @@ MODES = (
     "bf16-weights-cl-graph-epi",
     "bf16-weights-cl-graph-epi-tanh",
     "fp16-weights-cl-graph-epi",
+    "bf16-weights-cl-graph-rs",
+    "bf16-weights-cl-graph-epi-rs",
+    "bf16-weights-cl-graph-epi-rs-tanh",
+    "fp16-weights-cl-graph-epi-rs",
 )
 
 
@@ -126,6 +131,7 @@ def _switches(mode: str) -> None:
     swin.WINDOW_KERNEL = not mode.endswith("-sdpa")
     swin.FUSED_RESIDUALS = not mode.endswith("-nofuse")
     blocks.FUSE_DEFORM_EPILOGUE = "-epi" in mode
+    blocks.TRITON_RESIZE = "-rs" in mode
 
 
 def _sync(device: torch.device) -> None:

@@ -1,5 +1,6 @@
 """The Triton kernels of the CUDA Swin path (:mod:`birefnet.models._swin_triton`): window attention read
-and written in token order, and the LayerNorm that also writes the residual stream plus a bias.
+and written in token order, and the LayerNorm that also writes the residual stream plus a bias; and the
+decoder's channels-last bilinear resize (:mod:`birefnet.models._resize_triton`).
 
 They run on GPUs; here Triton's CPU interpreter (``TRITON_INTERPRET=1``) runs their arithmetic, in a
 subprocess (the interpreter is chosen when Triton is imported). bfloat16 products are not emulated by the
@@ -17,11 +18,12 @@ import sys
 import pytest
 import torch
 
-from birefnet.models import _swin_triton
+from birefnet.models import _resize_triton, _swin_triton
 from birefnet.models.backbones import swin
 
 needs_triton = pytest.mark.skipif(
-    not _swin_triton.AVAILABLE, reason="Triton is not installed (pip install triton)"
+    not (_swin_triton.AVAILABLE and _resize_triton.AVAILABLE),
+    reason="Triton is not installed (pip install triton)",
 )
 
 # Each case: one Swin block on the kernel path against the same block's export path (pad, roll, reshape
@@ -29,7 +31,7 @@ needs_triton = pytest.mark.skipif(
 # several key blocks), with and without the shift, maps that need padding, both tile shapes that cut N.
 _BLOCK_CHECK = r"""
 import json, sys, torch
-from birefnet.models import _swin_triton
+from birefnet.models import _resize_triton, _swin_triton
 from birefnet.models.backbones import swin
 
 torch.manual_seed(0)
@@ -121,3 +123,40 @@ def test_kernel_path_is_only_chosen_for_cuda_half_inference():
     assert not _swin_triton.usable(cuda, torch.bfloat16, 24, needs_grad=False)  # head width not for tl.dot
     assert not _swin_triton.usable(cuda, torch.bfloat16, 32, needs_grad=True)  # no backward
     assert _swin_triton.usable(cuda, torch.bfloat16, 32, needs_grad=False) == _swin_triton.AVAILABLE
+
+
+_RESIZE_CHECK = r"""
+import json, sys, torch
+import torch.nn.functional as F
+from birefnet.models import _resize_triton
+
+torch.manual_seed(0)
+results = []
+# up, down, one axis to a single row, channels not a power of two, a channels-last input
+for (b, c, h, w), size, channels_last in [((2, 24, 7, 9), (16, 13), False), ((1, 40, 17, 12), (5, 8), True),
+                                          ((1, 8, 6, 6), (1, 11), False)]:
+    x = torch.randn(b, c, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = F.interpolate(x.double(), size=size, mode="bilinear", align_corners=True)
+    for dtype in (torch.float32, torch.float16):
+        got = _resize_triton.resize_channels_last(x.to(dtype), size)
+        err = float((got.double() - ref).abs().max() / ref.abs().max())
+        results.append({"dtype": str(dtype), "err": err, "shape_ok": got.shape == ref.shape,
+                        "layout_ok": got.is_contiguous(memory_format=torch.channels_last), "dtype_ok": got.dtype == dtype})
+json.dump(results, sys.stdout)
+"""
+
+
+@needs_triton
+def test_resize_kernel_matches_interpolate_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _RESIZE_CHECK], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(run.stdout)
+    assert len(results) == 6
+    for r in results:
+        assert r["shape_ok"] and r["layout_ok"] and r["dtype_ok"], r
+        assert r["err"] < (2e-3 if r["dtype"] == "torch.float16" else 1e-6), r

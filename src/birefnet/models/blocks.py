@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birefnet.models import onednn
+from birefnet.models import _resize_triton, onednn
 from birefnet.models.deform_conv import DeformableConv2d
 from birefnet.models.tracing import is_tracing
 
@@ -31,6 +31,11 @@ FUSE_DEFORMABLE_BRANCHES = True
 #: the 256-channel output (:meth:`DeformableConv2d.forward_affine_relu`). Same function, one rounding
 #: instead of three. Off until measured on a GPU (``benchmarks/gpu.py``'s ``-epi`` modes).
 FUSE_DEFORM_EPILOGUE = False
+
+#: At CUDA inference with Triton, many-channel half-precision maps are resized by the Triton kernel of
+#: :func:`birefnet.models._resize_triton.resize_channels_last` instead of ATen's channels-last kernel (same
+#: formula). Off until measured on a GPU (``benchmarks/gpu.py``'s ``-rs`` modes).
+TRITON_RESIZE = False
 
 
 def make_norm(channels: int, norm: str) -> nn.Module:
@@ -113,12 +118,21 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         # channels, so a many-channel map with few pixels runs on a few thousand threads (2 ms per
         # call for swin_v1_l's multi-scale and context resizes at batch 8 on an H200). The
         # channels-last kernel spreads every output value over the GPU; same formula, same values.
-        out = F.interpolate(
-            x.contiguous(memory_format=torch.channels_last),
-            size=tuple(size),
-            mode="bilinear",
-            align_corners=True,
-        )
+        if (
+            TRITON_RESIZE
+            and _resize_triton.AVAILABLE
+            and x.dtype in (torch.float16, torch.bfloat16)
+            and not torch.is_grad_enabled()
+            and not is_tracing()
+        ):
+            out = _resize_triton.resize_channels_last(x, tuple(size))
+        else:
+            out = F.interpolate(
+                x.contiguous(memory_format=torch.channels_last),
+                size=tuple(size),
+                mode="bilinear",
+                align_corners=True,
+            )
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             return out  # a channels-last model (the channels-last option) stays channels-last
         return out.contiguous()
