@@ -160,3 +160,38 @@ def test_resize_kernel_matches_interpolate_under_the_interpreter():
     for r in results:
         assert r["shape_ok"] and r["layout_ok"] and r["dtype_ok"], r
         assert r["err"] < (2e-3 if r["dtype"] == "torch.float16" else 1e-6), r
+
+
+_WHOLE_MODEL_CHECK = r"""
+import json, sys, torch
+from birefnet import BiRefNet, BiRefNetConfig
+from birefnet.models.backbones import swin
+
+torch.manual_seed(0)
+model = BiRefNet(BiRefNetConfig(backbone="swin_v1_t")).eval()
+x = torch.rand(1, 3, 96, 64)
+with torch.inference_mode():
+    ref = model(x).logits
+    plain = swin._swin_triton.window_attention
+    swin._swin_triton.window_attention = lambda *a, **k: plain(*a, **k, tile=(16, 16))
+    calls = []
+    swin.SwinBlock._kernel_attends = lambda self, x: calls.append(1) or True  # as on CUDA
+    swin.STREAM_WINDOWS = False  # the CPU's streamed and workspace paths never reach the kernel path
+    swin._Workspace = lambda: None
+    got = model(x).logits
+json.dump({"err": float((got - ref).norm() / ref.norm()), "calls": len(calls)}, sys.stdout)
+"""
+
+
+@pytest.mark.slow  # ~35 s in the interpreter
+@needs_triton
+def test_whole_model_on_the_kernel_path_equals_the_default_path_under_the_interpreter():
+    """Every Swin block of both backbone passes (stage maps from 24x16 down to 2x1, windows of 7, padded) on the
+    kernel path with fused residuals, in float32: the logits of the default path."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _WHOLE_MODEL_CHECK], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = json.loads(run.stdout)
+    assert r["calls"] == 24 and r["err"] < 1e-5, r
