@@ -27,9 +27,10 @@ output difference against eager fp32 (max abs on probabilities and the fraction 
   product's epilogue; a different function, reported by its own max|dp|);
 * ``*-cl-*``: the model's convolution weights and the input channels-last (the ``channels-last`` option),
   so the Swin stage outputs stay channels-last and the decoder runs so; ``bf16-cl`` is the autocast mode so;
-* ``*-epi*``: with :data:`birefnet.models.blocks.FUSE_DEFORM_EPILOGUE` on (each deformable ASPP branch's
-  BatchNorm and ReLU inside the fused deformable kernel); ``*-rs*``: with
-  :data:`birefnet.models.blocks.TRITON_RESIZE` on (the decoder's half-precision resizes by the Triton kernel);
+* ``*-noepi*``: with :data:`birefnet.models.blocks.FUSE_DEFORM_EPILOGUE` off (each deformable ASPP
+  branch's BatchNorm and ReLU as separate passes instead of inside the fused deformable kernel);
+  ``*-nors``: with :data:`birefnet.models.blocks.TRITON_RESIZE` off (the decoder's half-precision resizes
+  by ATen's kernel instead of the Triton one); every other mode has both on where Triton is present;
 * ``*-sdpa``: the same mode with :data:`birefnet.models.backbones.swin.WINDOW_KERNEL` off, i.e. the Swin
   blocks attend through the window gather, ``F.scaled_dot_product_attention`` and the scatter instead of
   the Triton window-attention kernel (:mod:`birefnet.models._swin_triton`) that every other half-precision
@@ -108,13 +109,10 @@ MODES = (
     "bf16-weights-cl-graph-tanh",
     "fp16-weights-cl-graph",
     "fp16-weights-cl-graph-tanh",
-    "bf16-weights-cl-graph-epi",
-    "bf16-weights-cl-graph-epi-tanh",
-    "fp16-weights-cl-graph-epi",
-    "bf16-weights-cl-graph-rs",
-    "bf16-weights-cl-graph-epi-rs",
-    "bf16-weights-cl-graph-epi-rs-tanh",
-    "fp16-weights-cl-graph-epi-rs",
+    "bf16-weights-cl-graph-noepi-nors",
+    "bf16-weights-cl-graph-nors",
+    "bf16-weights-cl-graph-noepi",
+    "bf16-weights-graph-noepi-nors",
 )
 
 
@@ -130,8 +128,9 @@ def _switches(mode: str) -> None:
     streams.ENABLED = not mode.endswith("-1stream")
     swin.WINDOW_KERNEL = not mode.endswith("-sdpa")
     swin.FUSED_RESIDUALS = not mode.endswith("-nofuse")
-    blocks.FUSE_DEFORM_EPILOGUE = "-epi" in mode
-    blocks.TRITON_RESIZE = "-rs" in mode
+    # torchvision's kernel (bf16-tvdeform) is swapped in for deform_conv2d, which the epilogue path bypasses
+    blocks.FUSE_DEFORM_EPILOGUE = "-noepi" not in mode and mode != "bf16-tvdeform"
+    blocks.TRITON_RESIZE = "-nors" not in mode
 
 
 def _sync(device: torch.device) -> None:

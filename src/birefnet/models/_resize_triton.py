@@ -7,8 +7,12 @@ ATen's channels-last CUDA kernel took 5.2 ms for the forward's ten resizes, e.g.
 four corner vectors of a block of output pixels, a block of channels at a time, in float32: ATen's formula
 (source = scale · target with scale = (in − 1) / (out − 1), the lower corner truncated, the upper clamped).
 
+With the deformable kernel's epilogue (:data:`birefnet.models.blocks.FUSE_DEFORM_EPILOGUE`) on, batch 8
+went 102.1 -> 108.2 images/s on that H100 with this kernel.
+
 Inference only, CUDA tensors (and CPU tensors under ``TRITON_INTERPRET=1``, for the tests); used by
-:func:`birefnet.models.blocks.resize` where :data:`birefnet.models.blocks.TRITON_RESIZE` is on.
+:func:`birefnet.models.blocks.resize` where :data:`birefnet.models.blocks.TRITON_RESIZE` is on (the
+default).
 """
 
 from __future__ import annotations

@@ -29,13 +29,15 @@ FUSE_DEFORMABLE_BRANCHES = True
 #: At CUDA inference where the fused Triton deformable kernel runs, a deformable ASPP branch's eval-mode
 #: BatchNorm and ReLU are applied inside that kernel, on its float32 sums, instead of as three passes over
 #: the 256-channel output (:meth:`DeformableConv2d.forward_affine_relu`). Same function, one rounding
-#: instead of three. Off until measured on a GPU (``benchmarks/gpu.py``'s ``-epi`` modes).
-FUSE_DEFORM_EPILOGUE = False
+#: instead of three. On an H100 (swin_v1_l, 1024², bf16 weights, channels-last, CUDA graph) batch 8 went
+#: 95.5 -> 102.1 images/s; ``benchmarks/gpu.py``'s ``-noepi`` modes turn it off.
+FUSE_DEFORM_EPILOGUE = True
 
 #: At CUDA inference with Triton, many-channel half-precision maps are resized by the Triton kernel of
 #: :func:`birefnet.models._resize_triton.resize_channels_last` instead of ATen's channels-last kernel (same
-#: formula). Off until measured on a GPU (``benchmarks/gpu.py``'s ``-rs`` modes).
-TRITON_RESIZE = False
+#: formula). With :data:`FUSE_DEFORM_EPILOGUE`, batch 8 went 102.1 -> 108.2 images/s on the H100 above;
+#: ``benchmarks/gpu.py``'s ``-nors`` modes turn it off.
+TRITON_RESIZE = True
 
 
 def make_norm(channels: int, norm: str) -> nn.Module:
@@ -215,14 +217,20 @@ class _ASPPBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.atrous_conv
-        if FUSE_DEFORM_EPILOGUE and isinstance(conv, DeformableConv2d) and not torch.is_grad_enabled():
+        if (
+            FUSE_DEFORM_EPILOGUE
+            and isinstance(conv, DeformableConv2d)
+            and not torch.is_grad_enabled()
+            and not is_tracing()
+            and conv.fused_kernel_applies(x)
+        ):
             affine = frozen_affine(self.bn)
             if affine is None and isinstance(self.bn, nn.Identity):
                 ones = torch.ones(conv.regular_conv.out_channels, device=x.device)
                 affine = (ones, torch.zeros_like(ones))
             if affine is not None:
                 out = conv.forward_affine_relu(x, *affine)
-                if out is not None:  # None: the fused kernel does not apply here (CPU, float32...)
+                if out is not None:
                     return out
         return self.relu(norm_inplace(self.bn, conv(x)))
 

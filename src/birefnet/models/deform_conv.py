@@ -676,6 +676,10 @@ class DeformableConv2d(nn.Module):
             mask=mask,
         )
 
+    def fused_kernel_applies(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` on ``x`` runs the fused Triton kernel (CUDA half-precision inference)."""
+        return USE_TRITON and _deform_triton.usable(x, 1, torch.is_grad_enabled())
+
     def forward_affine_relu(
         self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     ) -> torch.Tensor | None:
@@ -688,7 +692,7 @@ class DeformableConv2d(nn.Module):
             x: ``(B, C, H, W)``.
             scale, shift: ``(O,)`` factor and offset.
         """
-        if not (USE_TRITON and _deform_triton.usable(x, 1, torch.is_grad_enabled())):
+        if not self.fused_kernel_applies(x):
             return None
         offset, mask = self.offsets_and_mask(x)
         weight, bias = self.regular_conv.weight, self.regular_conv.bias

@@ -30,8 +30,8 @@ Reduced precision itself is the Predictor's ``precision`` option (autocast unles
 - ``fast_gelu``: with ``half_weights`` on CUDA, the Swin blocks' MLP GELU in its tanh form, computed in
   the first product's cuBLASLt epilogue instead of as its own pass over the 4C-wide hidden layer. A
   different function (|gelu_tanh - gelu| < 5e-4 everywhere, far below bf16's rounding at those values):
-  on an H100 (swin_v1_l, 1024², bf16 weights, channels-last, CUDA graph) batch 8 went 94.4 -> 99.0
-  images/s and batch 1 13.3 -> 12.9 ms, with the same max |Δp| against fp32 (4.2e-4).
+  on an H100 (swin_v1_l, 1024², bf16 weights, channels-last, CUDA graph) batch 8 went 108.2 -> 114.4
+  images/s and batch 1 12.2 -> 11.7 ms, with the same max |Δp| against fp32 (4.2e-4).
 
 On CUDA the fastest set measured that keeps the function (half-precision rounding aside) is
 ``half_weights,channels_last,cuda_graph``; adding ``fast_gelu`` is the fastest overall. docs/performance.md
