@@ -53,6 +53,19 @@ def load_fixture(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return case, load_file(str(REFERENCE / "fixtures" / f"{name}.safetensors"))
 
 
+def run_interpreted(script: str, timeout: int = 600):
+    """Run ``script`` in a fresh Python under Triton's CPU interpreter (``TRITON_INTERPRET=1``, read when
+    Triton is imported) and return the JSON it printed; fails the test with its stderr if it failed."""
+    import subprocess
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
 def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """max |ours - ref| / max |ref| (the project's definition of relative error)."""
     ours = ours.detach().double()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from birefnet.models import deform_conv as dc
 from birefnet.models.deform_conv import DeformableConv2d, deform_conv2d
-from conftest import rel_error
+from conftest import rel_error, run_interpreted
 
 
 @pytest.fixture(autouse=True)
@@ -413,17 +413,7 @@ json.dump(results, sys.stdout)
 def test_fused_triton_kernel_matches_eager_under_the_interpreter():
     """The GPU kernel's arithmetic, run by Triton's CPU interpreter (bfloat16 products are not emulated
     there; float16 stands in for the half types)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", _FUSED_CHECK], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    results = json.loads(run.stdout)
+    results = run_interpreted(_FUSED_CHECK)
     assert len(results) == 4
     for r in results:
         assert r["shape_ok"] and r["nan_ok"] and r["channels_last"], r
@@ -529,17 +519,7 @@ json.dump(results, sys.stdout)
 
 @pytest.mark.skipif(not dc._deform_triton.AVAILABLE, reason="Triton is not installed (pip install triton)")
 def test_fused_kernel_affine_relu_epilogue_under_the_interpreter():
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", _EPILOGUE_CHECK], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    for r in json.loads(run.stdout):
+    for r in run_interpreted(_EPILOGUE_CHECK):
         assert r["dtype_ok"] and r["relu_ok"], r
         assert r["err"] < (2e-3 if r["dtype"] == "torch.float16" else 1e-6), r
 

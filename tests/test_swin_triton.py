@@ -10,16 +10,12 @@ PyTorch has none: ``pip install triton`` to run them).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from birefnet.models import _resize_triton, _swin_triton
 from birefnet.models.backbones import swin
+from conftest import run_interpreted
 
 needs_triton = pytest.mark.skipif(
     not (_swin_triton.AVAILABLE and _resize_triton.AVAILABLE),
@@ -98,12 +94,7 @@ json.dump(results, sys.stdout)
 
 @needs_triton
 def test_kernel_block_path_matches_the_original_formulation_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", _BLOCK_CHECK], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    *blocks, ln, autocast = json.loads(run.stdout)
+    *blocks, ln, autocast = run_interpreted(_BLOCK_CHECK)
     assert len(blocks) == 10
     for r in blocks:
         assert r["shape_ok"] and r["dtype_ok"], r
@@ -150,12 +141,7 @@ json.dump(results, sys.stdout)
 
 @needs_triton
 def test_resize_kernel_matches_interpolate_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", _RESIZE_CHECK], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    results = json.loads(run.stdout)
+    results = run_interpreted(_RESIZE_CHECK)
     assert len(results) == 6
     for r in results:
         assert r["shape_ok"] and r["layout_ok"] and r["dtype_ok"], r
@@ -188,10 +174,5 @@ json.dump({"err": float((got - ref).norm() / ref.norm()), "calls": len(calls)}, 
 def test_whole_model_on_the_kernel_path_equals_the_default_path_under_the_interpreter():
     """Every Swin block of both backbone passes (stage maps from 24x16 down to 2x1, windows of 7, padded) on the
     kernel path with fused residuals, in float32: the logits of the default path."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run(
-        [sys.executable, "-c", _WHOLE_MODEL_CHECK], capture_output=True, text=True, env=env, timeout=900
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    r = json.loads(run.stdout)
+    r = run_interpreted(_WHOLE_MODEL_CHECK, timeout=900)
     assert r["calls"] == 24 and r["err"] < 1e-5, r
