@@ -98,6 +98,15 @@ _FLOAT32_EXACT_ROWS = 2**24
 RowEpilogue = Callable[[torch.Tensor, int, slice], None]
 
 
+def _grid_sampling() -> bool:
+    """Whether to sample with one GridSample over all output rows (during ONNX export) instead of the
+    eager gather. A function of ours so that tests can force either path by patching it: patching
+    ``torch.onnx.is_in_onnx_export`` itself let Dynamo's trace rules, built lazily during such a test,
+    record the stand-in instead of the function, and later captures broke their graph at every
+    deformable convolution."""
+    return torch.onnx.is_in_onnx_export()
+
+
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     if isinstance(value, int):
         return value, value
@@ -167,7 +176,7 @@ def deform_conv2d(
         x, offset, mask, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (out_h, out_w)
     )
 
-    if torch.onnx.is_in_onnx_export():
+    if _grid_sampling():
         # One GridSample over all output rows: no Python loop in the graph; the runtime plans its memory.
         columns = _GridSampler(x, groups)(_positions(base_y, base_x), offset, mask)
         # (O, C, kh, kw) -> (G, O, Cg·K), matching the columns (B, G, Cg·K, L); summed over the groups.
