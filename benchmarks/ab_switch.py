@@ -22,6 +22,10 @@ Each fast path has a module-level switch kept for exactly this comparison:
   (``birefnet.models.birefnet.TWO_SCALE_LATERALS``). It changes which large maps are made, so it runs as
   two worker processes.
 
+* ``fold-last-block``: at CPU inference, the last decoder block's 3x3 convolution and norm folded with the
+  head's 1x1 projection into one convolution with one output channel
+  (``birefnet.models.decoder.FOLD_LAST_BLOCK``).
+
 ``--pack`` packs the Swin weights in both workers (what the Predictor does) for any other switch.
 
 The script times full forwards of a random BiRefNet, switching the path off and on for each pair, and
@@ -36,6 +40,7 @@ drift by 10-20 % within minutes.
     python benchmarks/ab_switch.py --switch streamed-windows --variant swin_v1_l --size 1024 --pairs 6
     python benchmarks/ab_switch.py --switch packed-weights --variant swin_v1_l --size 1024 --pairs 6
     python benchmarks/ab_switch.py --switch two-scale --variant swin_v1_l --size 1024 --pairs 6 --pack
+    python benchmarks/ab_switch.py --switch fold-last-block --variant swin_v1_l --size 1024 --pairs 6 --pack
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import torch
 from birefnet import BiRefNet, BiRefNetConfig
 from birefnet.models import birefnet as birefnet_module
 from birefnet.models import blocks, memory, onednn
+from birefnet.models import decoder as decoder_module
 from birefnet.models.backbones import swin
 
 
@@ -78,6 +84,10 @@ def _set_two_scale(on: bool) -> None:
     birefnet_module.TWO_SCALE_LATERALS = on
 
 
+def _set_fold_last_block(on: bool) -> None:
+    decoder_module.FOLD_LAST_BLOCK = on
+
+
 # Whether the worker's model is packed (BiRefNet.pack_cpu_weights), read by _model_and_input.
 _PACK_WEIGHTS = False
 
@@ -95,6 +105,7 @@ SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "streamed-windows": (_set_streamed_windows, "map-sized", "streamed"),
     "packed-weights": (_set_packed_weights, "plain weights", "packed weights"),
     "two-scale": (_set_two_scale, "concatenated", "two-scale"),
+    "fold-last-block": (_set_fold_last_block, "unfolded", "folded"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
 PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights", "two-scale"}

@@ -11,7 +11,15 @@ from birefnet import BiRefNet, BiRefNetConfig
 from birefnet.models import birefnet as birefnet_module
 from birefnet.models import decoder as decoder_module
 from birefnet.models import memory
-from birefnet.models.blocks import ASPP, ASPPDeformable, BasicLatBlk, TwoScaleFeature, norm_inplace, resize
+from birefnet.models.blocks import (
+    ASPP,
+    ASPPDeformable,
+    BasicDecBlk,
+    BasicLatBlk,
+    TwoScaleFeature,
+    norm_inplace,
+    resize,
+)
 from birefnet.models.deform_conv import deform_conv2d
 from birefnet.models.memory import trim_heap, trim_heap_at_stage_end
 from birefnet.models.optimize import optimize_for_inference, parse_optimizations
@@ -190,6 +198,64 @@ def test_final_stage_fold_equals_official_order(inward):
         official = dec.conv_out1(dec._inward(x, resize(p1, x.shape[-2:]), 1))
     assert fast.shape == (2, 1, 64, 96)
     assert rel_error(fast, official) < 1e-12
+
+
+@pytest.mark.parametrize("norm", ["bn", "none"])
+@pytest.mark.parametrize("parts", [False, True])
+def test_last_block_folded_with_the_projection_equals_block_then_projection(norm, parts):
+    """BasicDecBlk.forward_projected: conv_out, bn_out and a 1x1 projection as one convolution equal
+    the block followed by the projection (float64); from (feature, encoded patches) parts too."""
+    block = BasicDecBlk(12, 10, inter_channels=8, norm=norm).double()
+    _randomise(block)
+    block.eval()
+    x = torch.randn(2, 12, 9, 11, dtype=torch.float64)
+    projection = torch.randn(1, 10, 1, 1, dtype=torch.float64)
+    given = (x[:, :7], x[:, 7:]) if parts else x
+    with torch.no_grad():
+        folded = block.forward_projected(given, projection)
+        expected = F.conv2d(block(x), projection)
+    assert folded is not None and folded.shape == (2, 1, 9, 11)
+    assert rel_error(folded, expected) < 1e-12
+
+
+def test_last_block_fold_declines_where_it_does_not_apply():
+    """None (the caller runs the block) with autograd on, with a training-mode BatchNorm, and for a
+    grouped conv_out; the decoder then runs the plain block."""
+    block = BasicDecBlk(6, 4, inter_channels=8).eval()
+    x = torch.randn(1, 6, 5, 5)
+    projection = torch.randn(1, 4, 1, 1)
+    assert block.forward_projected(x, projection) is None  # grad mode on
+    with torch.no_grad():
+        assert block.forward_projected(x, projection) is not None
+        block.bn_out.train()
+        assert block.forward_projected(x, projection) is None
+        block.bn_out.eval()
+        block.conv_out = torch.nn.Conv2d(8, 4, 3, padding=1, groups=2)
+        assert block.forward_projected(x, projection) is None
+
+
+def test_decoder_folds_its_last_block_at_cpu_inference_only(monkeypatch):
+    """The CPU eval forward takes the fold (the switch on), and gives the unfolded logits."""
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).eval()
+    _randomise(model.decoder)
+    x = torch.randn(1, 3, 64, 64)
+    calls = []
+    original = BasicDecBlk.forward_projected
+
+    def spy(self, *args):
+        out = original(self, *args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(BasicDecBlk, "forward_projected", spy)
+    with torch.inference_mode():
+        folded = model(x).logits
+        assert calls == [True]
+        monkeypatch.setattr(decoder_module, "FOLD_LAST_BLOCK", False)
+        unfolded = model(x).logits
+    assert calls == [True]
+    assert rel_error(folded, unfolded) < 1e-5
 
 
 def test_eval_forward_equals_training_form_forward(monkeypatch):

@@ -453,10 +453,64 @@ class BasicDecBlk(nn.Module):
     def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
         """x: (B, in_channels, H, W), or a tuple of parts to be concatenated on channels
         (:func:`conv_over_parts`)."""
+        return norm_inplace(self.bn_out, self.conv_out(self._body(x)))
+
+    def _body(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Everything before ``conv_out``: (B, inter_channels, H, W)."""
         x = self.relu_in(norm_inplace(self.bn_in, conv_over_parts(self.conv_in, x)))
         if hasattr(self, "dec_att"):
             x = self.dec_att(x)
-        return norm_inplace(self.bn_out, self.conv_out(x))
+        return x
+
+    def forward_projected(
+        self, x: torch.Tensor | tuple[torch.Tensor, ...], projection: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``F.conv2d(self(x), projection)`` at inference, ``conv_out``, ``bn_out`` and the 1x1
+        ``projection`` folded into one convolution.
+
+        With nothing between them, the 3x3 ``conv_out`` (weight W, bias b), an eval BatchNorm (per
+        channel ``scale``, ``shift``) and a 1x1 projection P make one 3x3 convolution with P's few
+        output channels: weight ``sum_o P[k, o] scale[o] W[o]``, bias ``P (scale b + shift)``. In
+        BiRefNet the last decoder block feeds only the 1x1 head ``conv_out1`` at inference: for
+        swin_v1_l at 1024² that is a 64 -> 1 convolution at 256x256 instead of 64 -> 192 (0.08
+        instead of 14.5 GFLOP), and the 50 MB block output is never made. Equal to the unfolded
+        order up to float rounding (the channel sums are reordered).
+
+        Args:
+            x: the block's input, as :meth:`forward` takes it.
+            projection: ``(K, out_channels, 1, 1)`` weight of a 1x1 convolution without bias.
+
+        Returns:
+            ``(B, K, H, W)``; None where the fold does not apply (autograd recording, export or
+            compile tracing, a norm other than an eval BatchNorm or none, a ``conv_out`` other than
+            a plain zero-padded ``nn.Conv2d`` with one group): the caller then runs :meth:`forward`
+            and the projection itself.
+        """
+        conv = self.conv_out
+        if (
+            torch.is_grad_enabled()
+            or is_tracing()
+            or type(conv) is not nn.Conv2d
+            or conv.groups != 1
+            or conv.padding_mode != "zeros"
+        ):
+            return None
+        affine = frozen_affine(self.bn_out)
+        if affine is None and not isinstance(self.bn_out, nn.Identity):
+            return None
+        body = self._body(x)
+        p = projection.reshape(projection.shape[0], conv.out_channels)  # (K, O)
+        bias = p.new_zeros(p.shape[0])
+        if affine is not None:  # P (scale (conv + b) + shift) = (P scale) (conv + b) + P shift
+            scale, shift = affine
+            bias = p @ shift
+            p = p * scale
+        if conv.bias is not None:
+            bias = bias + p @ conv.bias
+        folded = torch.einsum("po,oikl->pikl", p, conv.weight)  # (K, C, kh, kw)
+        return F.conv2d(
+            body, folded.to(body.dtype), bias.to(body.dtype), conv.stride, conv.padding, conv.dilation
+        )
 
 
 class ResBlk(nn.Module):

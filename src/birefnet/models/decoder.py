@@ -37,6 +37,13 @@ from birefnet.models.tracing import is_tracing
 DECODER_BLOCKS: dict[str, type[nn.Module]] = {"BasicDecBlk": BasicDecBlk, "ResBlk": ResBlk}
 LATERAL_BLOCKS: dict[str, type[nn.Module]] = {"BasicLatBlk": BasicLatBlk}
 
+#: At CPU inference, fold ``decoder_block1``'s last convolution and norm and the head's 1x1 projection
+#: into one convolution with one output channel (:meth:`Decoder._last_block_projected`): swin_v1_l at
+#: 1024² skips 14.5 GFLOP and a 50 MB map. Kept as a switch for ``benchmarks/ab_switch.py`` and for
+#: the FLOP count of ``benchmarks/speed.py``, which counts the official (unfolded) forward. Not on
+#: GPUs: not yet measured there (half-precision rounding of the folded weight, CUDA graphs).
+FOLD_LAST_BLOCK = True
+
 GRADIENT_CHANNELS = 16  # width of the outward-reference heads (official ``_N``)
 PATCH_ENCODER_WIDTH = 64  # hidden width of the inward-reference blocks (official ``ic``)
 
@@ -317,12 +324,15 @@ class Decoder(nn.Module):
         p1 = lateral_sum(p2, "lat2", self.lateral_block2, x1)
         del p2, x1
         p1 = self._inward(x, p1, 2, parts=True, ahead=take("ipt2"))
-        p1 = self.decoder_block1(p1)
         if self.training:
-            p1 = resize(p1, x.shape[-2:])
+            p1 = resize(self.decoder_block1(p1), x.shape[-2:])
             logits = self.conv_out1(self._inward(x, p1, 1))
         else:
-            logits = self._final_logits_eval(x, p1, image_part=take("final"))
+            low = self._last_block_projected(x, p1)
+            if low is None:
+                logits = self._final_logits_eval(x, self.decoder_block1(p1), image_part=take("final"))
+            else:
+                logits = self._logits_from_projection(x, low, take("final"))
         return DecoderOutput(logits, side, grad_logits, grad_targets)
 
     @staticmethod
@@ -407,11 +417,31 @@ class Decoder(nn.Module):
             (B, 1, H, W) logits.
         """
         head = self.conv_out1[0]
-        c = p1.shape[1]
-        logits = resize(F.conv2d(p1, head.weight[:, :c]), x.shape[-2:])
+        return self._logits_from_projection(x, F.conv2d(p1, head.weight[:, : p1.shape[1]]), image_part)
+
+    def _logits_from_projection(
+        self, x: torch.Tensor, low: torch.Tensor, image_part: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The final logits (B, 1, H, W) from ``low``, ``conv_out1``'s share of ``p1`` at stride 4
+        (B, 1, h, w, no bias): resized to the image, plus the image's share (:meth:`_final_image_part`,
+        computed here where ``image_part`` is None)."""
+        logits = resize(low, x.shape[-2:])
         if image_part is None:
             image_part = self._final_image_part(x)
         return logits if image_part is None else logits + image_part
+
+    def _last_block_projected(
+        self, x: torch.Tensor, p1: torch.Tensor | tuple[torch.Tensor, ...]
+    ) -> torch.Tensor | None:
+        """``conv_out1``'s share of ``decoder_block1(p1)`` (B, 1, h, w), with the block's last
+        convolution, its norm and the head's 1x1 projection folded into one 64 -> 1 convolution
+        (:meth:`BasicDecBlk.forward_projected`). CPU inference only (:data:`FOLD_LAST_BLOCK`); None
+        elsewhere, and where the fold does not apply (the caller then runs the block)."""
+        block = self.decoder_block1
+        if not (FOLD_LAST_BLOCK and x.device.type == "cpu" and isinstance(block, BasicDecBlk)):
+            return None
+        head = self.conv_out1[0]
+        return block.forward_projected(p1, head.weight[:, : block.conv_out.out_channels])
 
     def _final_image_part(self, x: torch.Tensor) -> torch.Tensor | None:
         """The share of the final logits that reads only the image (:meth:`_final_logits_eval`): the
