@@ -66,11 +66,14 @@ class TensorSpec:
     stride: tuple[int, ...]
     dtype: torch.dtype
     values: torch.Tensor | None = field(default=None, compare=False, hash=False)
+    packed: bool = False  # a Linear weight in oneDNN's blocked layout (onednn.packed_weight)
 
 
 def _spec(value, keep_values: bool = False):
     """``value`` with its tensors replaced by :class:`TensorSpec` (integer values copied if ``keep_values``)."""
     if isinstance(value, torch.Tensor):
+        if value.is_mkldnn:  # opaque blocked layout: no strides to replay, packed again instead
+            return TensorSpec(tuple(value.shape), (), value.dtype, packed=True)
         keep = value.clone() if keep_values and not value.is_floating_point() else None
         return TensorSpec(tuple(value.shape), tuple(value.stride()), value.dtype, keep)
     if isinstance(value, (list, tuple)):
@@ -81,7 +84,7 @@ def _spec(value, keep_values: bool = False):
 def _key(value):
     """A hashable key of a spec (integer tensors by shape only: same cost, different values)."""
     if isinstance(value, TensorSpec):
-        return ("T", value.shape, value.stride, value.dtype)
+        return ("T", value.shape, value.stride, value.dtype, value.packed)
     if isinstance(value, (list, tuple)):
         return tuple(_key(v) for v in value)
     if isinstance(value, dict):
@@ -92,6 +95,10 @@ def _key(value):
 def _make(value):
     """Fresh operands for a spec: random floats with the recorded strides, recorded integer values."""
     if isinstance(value, TensorSpec):
+        if value.packed:
+            from birefnet.models.onednn import packed_weight
+
+            return packed_weight(torch.randn(value.shape).to(value.dtype))
         if value.values is not None:
             return value.values.clone()
         extent = 1 + sum((n - 1) * s for n, s in zip(value.shape, value.stride) if n > 0)

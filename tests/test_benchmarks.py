@@ -82,6 +82,25 @@ def test_integer_operands_keep_their_values():
         assert ceiling.isolated_best(func, args, kwargs, repeats=1) > 0
 
 
+def test_packed_weights_are_replayed_packed():
+    """A oneDNN-packed weight (the deformable products pack theirs per call) has no strides to replay:
+    the replay packs a fresh weight of its shape (replaying its reported strides stalled for minutes)."""
+    from birefnet.models import onednn
+
+    if not onednn.available():
+        pytest.skip("packed weights are made on AVX-512 CPUs with oneDNN only")
+    ceiling = _ceiling()
+    x, weight = torch.randn(128, 24), onednn.packed_weight(torch.randn(16, 24))
+    recorder = ceiling.Recorder()
+    with torch.inference_mode(), recorder:
+        onednn.linear(x, weight, None)
+    ((func, args, kwargs),) = recorder.specs.values()
+    assert args[1].packed and args[1].shape == (16, 24)
+    assert ceiling._make(args[1]).is_mkldnn
+    with torch.inference_mode():
+        assert ceiling.isolated_best(func, args, kwargs, repeats=1) > 0
+
+
 @pytest.mark.parametrize(
     ("switch", "labels", "exact"),
     [("keep-heap", "trimmed heap/kept heap", True), ("streamed-windows", "map-sized/streamed", False)],
@@ -137,6 +156,30 @@ def test_speed_counts_the_official_multi_scale_fusion(monkeypatch):
     assert birefnet_module.TWO_SCALE_LATERALS  # restored
     monkeypatch.setattr(birefnet_module, "TWO_SCALE_LATERALS", False)
     assert speed.count_flops(model, x) == counted
+
+
+def test_speed_counts_the_official_last_decoder_block(monkeypatch):
+    """The count runs decoder_block1's own convolution to its full width, not the fold with the head's
+    projection that CPU inference runs (fewer FLOPs); and the switch is left as it was."""
+    _ceiling()
+    import speed
+    from birefnet import BiRefNet, BiRefNetConfig
+    from birefnet.models import decoder as decoder_module
+    from birefnet.models.blocks import BasicDecBlk
+
+    torch.manual_seed(0)
+    model = BiRefNet(BiRefNetConfig(backbone="pvt_v2_b0")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    calls = []
+    original = BasicDecBlk.forward_projected
+    monkeypatch.setattr(
+        BasicDecBlk, "forward_projected", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    speed.count_flops(model, x)
+    assert calls == [] and decoder_module.FOLD_LAST_BLOCK  # unfolded while counting; restored
+    with torch.inference_mode():
+        model(x)
+    assert calls == [1]
 
 
 def test_speed_counts_the_flops_of_a_packed_model():

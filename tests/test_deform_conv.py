@@ -565,3 +565,24 @@ def test_aspp_branch_hands_its_norm_and_relu_to_the_fused_kernel(monkeypatch, co
     with torch.enable_grad():  # with autograd the plain operations run (the kernel without an epilogue)
         branch(x)
     assert calls == [True, False]
+
+
+@pytest.mark.skipif(
+    not dc.onednn.available(), reason="the packed oneDNN product is taken on AVX-512 CPUs with oneDNN only"
+)
+def test_packed_product_weight_gives_the_same_values(monkeypatch):
+    """The inference product's weight is packed once for all chunks (onednn.packed_weight); the values
+    are the plain weight's bit for bit."""
+    x, offset, weight, bias, mask = random_case(1, 16, 32, 40, 40, 3, 1, 1, 1, 1, scale=2.0)
+    x, offset, weight, bias, mask = (t.float() for t in (x, offset, weight, bias, mask))
+    monkeypatch.setattr(dc, "COLUMN_BUDGET_BYTES", 16 * 9 * 40 * 4 * 8)  # several chunks of 320 rows
+    with (
+        torch.inference_mode(),
+        mock.patch.object(dc.onednn, "packed_weight", wraps=dc.onednn.packed_weight) as spy,
+    ):
+        packed = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    assert spy.call_count == 1  # once per call, not per chunk
+    monkeypatch.setattr(dc.onednn, "packed_weight", lambda w: w.contiguous())
+    with torch.inference_mode():
+        plain = deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+    assert torch.equal(packed, plain)

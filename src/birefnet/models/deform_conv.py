@@ -460,7 +460,9 @@ def _gather_and_multiply_nhwc(
     weight_t = weight.reshape(out_channels, channels, n_points).permute(2, 1, 0).reshape(-1, out_channels)
     # On AVX-512 CPUs oneDNN runs this product 15-25 % faster than MKL's mm (7x7 at 256²: 685 -> 577 ms
     # with the copy into the output included); it needs the (O, K·C) layout and returns a fresh chunk.
-    weight_rows = weight_t.t().contiguous() if onednn.use_onednn(weight) else None
+    # The weight is packed into oneDNN's blocked layout once for all chunks, not reordered in each
+    # product (same values bit for bit; the 7x7 at 256², 52 chunks of 1280 rows: 200 -> 211 GFLOP/s).
+    weight_rows = onednn.packed_weight(weight_t.t()) if onednn.use_onednn(weight) else None
     out = None
     if epilogue is None:
         out = offset.new_empty((batch, out_h, out_w, out_channels), dtype=weight.dtype)

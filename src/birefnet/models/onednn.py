@@ -177,6 +177,14 @@ def _packable(module: nn.Module) -> bool:
     )
 
 
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` float32 ``weight`` reordered into oneDNN's blocked layout, for :func:`linear` /
+    :func:`linear_add` products that reuse it (their values are those of the plain weight, bit for bit,
+    from 64 rows up). For a weight made inside the forward and used for several products: oneDNN
+    otherwise reorders it in every product. Only where :func:`use_onednn` holds for the products."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_ROWS)
+
+
 def pack_linear_weights(module: nn.Module) -> int:
     """Turn every plain float32 CPU ``nn.Linear`` in ``module`` into a :class:`PackedLinear`, in place.
 
