@@ -25,6 +25,8 @@ Each fast path has a module-level switch kept for exactly this comparison:
 * ``fold-last-block``: at CPU inference, the last decoder block's 3x3 convolution and norm folded with the
   head's 1x1 projection into one convolution with one output channel
   (``birefnet.models.decoder.FOLD_LAST_BLOCK``).
+* ``fft-offsets``: at CPU inference, the 7x7 offset convolutions of the deformable branches by FFT over
+  overlapping tiles instead of the direct convolution (``birefnet.models.fft_conv.ENABLED``).
 
 ``--pack`` packs the Swin weights in both workers (what the Predictor does) for any other switch.
 
@@ -59,7 +61,7 @@ import torch
 
 from birefnet import BiRefNet, BiRefNetConfig
 from birefnet.models import birefnet as birefnet_module
-from birefnet.models import blocks, memory, onednn
+from birefnet.models import blocks, fft_conv, memory, onednn
 from birefnet.models import decoder as decoder_module
 from birefnet.models.backbones import swin
 
@@ -88,6 +90,10 @@ def _set_fold_last_block(on: bool) -> None:
     decoder_module.FOLD_LAST_BLOCK = on
 
 
+def _set_fft_offsets(on: bool) -> None:
+    fft_conv.ENABLED = on
+
+
 # Whether the worker's model is packed (BiRefNet.pack_cpu_weights), read by _model_and_input.
 _PACK_WEIGHTS = False
 
@@ -106,6 +112,7 @@ SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "packed-weights": (_set_packed_weights, "plain weights", "packed weights"),
     "two-scale": (_set_two_scale, "concatenated", "two-scale"),
     "fold-last-block": (_set_fold_last_block, "unfolded", "folded"),
+    "fft-offsets": (_set_fft_offsets, "direct", "FFT tiles"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
 PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights", "two-scale"}

@@ -65,6 +65,25 @@ def test_eval_logits(name):
     assert err <= 1e-4
 
 
+def test_eval_logits_with_offsets_by_fft(monkeypatch):
+    """The FFT form of the 7x7 offset convolutions (birefnet.models.fft_conv) keeps parity. The fixtures'
+    maps are under its size threshold, so it is lowered to run it on every decoder block."""
+    from birefnet.models import fft_conv
+
+    monkeypatch.setattr(fft_conv, "MIN_SIDE", 8)
+    calls = []
+    original = fft_conv.conv2d
+    monkeypatch.setattr(fft_conv, "conv2d", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    case, t = load_fixture("swin_v1_t_eval_256")
+    model = build(case).eval()
+    with torch.inference_mode():
+        out = model(t["input"])
+    assert len(calls) == 5  # the 7x7 branch of the squeeze module and of each of the four decoder blocks
+    err = rel_error(out.logits, t["logits"])
+    print(f"swin_v1_t_eval_256 with FFT offsets: logits relative error {err:.2e}")
+    assert err <= 1e-4
+
+
 def test_legacy_order_matters():
     """The legacy fixture differs measurably when run with the current patch order."""
     case, t = load_fixture("swin_v1_t_eval_224x288_legacy")

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from birefnet.models import _deform_triton, onednn
+from birefnet.models import _deform_triton, fft_conv, onednn
 
 __all__ = [
     "ACCELERATOR_COLUMN_BUDGET_BYTES",
@@ -665,13 +665,15 @@ class DeformableConv2d(nn.Module):
         # Offsets and modulation from one convolution with the two weights stacked: one pass over
         # the input, and a wider GEMM (the 7x7 pair at 256x256: 0.77 s instead of 0.93 s on 2 threads).
         n = self.offset_conv.out_channels
-        both = F.conv2d(
-            x,
-            torch.cat([self.offset_conv.weight, self.modulator_conv.weight]),
-            torch.cat([self.offset_conv.bias, self.modulator_conv.bias]),
-            self.offset_conv.stride,
-            self.offset_conv.padding,
-        )
+        weight = torch.cat([self.offset_conv.weight, self.modulator_conv.weight])
+        bias = torch.cat([self.offset_conv.bias, self.modulator_conv.bias])
+        stride, padding = self.offset_conv.stride, self.offset_conv.padding
+        if fft_conv.applies(x, weight, stride, padding):
+            # Large kernels (the 7x7 branch) at CPU inference: the same convolution by FFT over tiles,
+            # 2.2x faster at 256x256 with the kernel's spectrum made per call (:mod:`fft_conv`).
+            both = fft_conv.conv2d(x, weight, bias)
+        else:
+            both = F.conv2d(x, weight, bias, stride, padding)
         # Modulation in (0, 2), 1 at initialisation.
         return both[:, :n], 2 * torch.sigmoid(both[:, n:])
 
