@@ -213,3 +213,16 @@ def test_gpu_script_smoke_run_on_the_cpu():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
     assert "bf16-weights-graph-1stream FAILED RuntimeError: CUDA graphs need a CUDA device" in out
     assert sum(line.startswith(("fp32 ", "bf16 ")) for line in out.splitlines()) == 2
+
+
+def test_fft_conv_script_smoke_run():
+    """benchmarks/fft_conv.py prints one row per map size with the direct/FFT ratio and both errors."""
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fft_conv.py"), "--sizes", "20", "40", "--runs", "1"]
+    cmd += ["--in-channels", "8", "--out-channels", "12"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("20²", "40²"))]
+    assert len(rows) == 2
+    for row in rows:
+        assert row[3].endswith("x") and float(row[4]) < 1e-5 and float(row[5]) < 1e-5

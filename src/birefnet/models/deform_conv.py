@@ -669,8 +669,8 @@ class DeformableConv2d(nn.Module):
         bias = torch.cat([self.offset_conv.bias, self.modulator_conv.bias])
         stride, padding = self.offset_conv.stride, self.offset_conv.padding
         if fft_conv.applies(x, weight, stride, padding):
-            # Large kernels (the 7x7 branch) at CPU inference: the same convolution by FFT over tiles,
-            # 2.2x faster at 256x256 with the kernel's spectrum made per call (:mod:`fft_conv`).
+            # Large kernels (the 7x7 branch) at large maps at CPU inference: the same convolution by FFT
+            # over tiles, 1.6-2x faster at 256x256 (:mod:`birefnet.models.fft_conv`).
             both = fft_conv.conv2d(x, weight, bias)
         else:
             both = F.conv2d(x, weight, bias, stride, padding)

@@ -2,30 +2,32 @@
 
 Each deformable ASPP branch predicts its offsets and modulation with an ordinary convolution of the branch's
 own kernel size. For the 7x7 branch that is a 64 -> 147 channel 7x7 convolution, 60 GFLOP at the 256x256
-map of a 1024² input: 0.29 s of a ~12.6 s swin_v1_l forward on 2 AVX-512 threads, the largest single
-convolution of the model. By the convolution theorem the same output costs a fraction of that:
+map of a 1024² input: ~0.29 s of a ~12.2 s swin_v1_l forward on 2 AVX-512 threads, the largest single
+convolution of the model. By the convolution theorem the same output costs a fraction of the work:
 
-* the zero-padded input is cut into ``N x N`` tiles that overlap by ``k - 1`` pixels (``N = 32``: 26 x 26
+* the zero-padded input is cut into ``N x N`` tiles that overlap by ``k - 1`` pixels (``N = 16``: 10 x 10
   outputs per tile for ``k = 7``), and each tile is Fourier transformed (``torch.fft.rfft2``);
 * at every one of the ``N·(N/2 + 1)`` frequencies, the output spectrum is a ``(tiles, C) @ (C, O)`` complex
-  product with the kernel's spectrum, made here as one batched real GEMM of ``(tiles, 2C) @ (2C, 2O)``
-  (about 8 times fewer multiply-adds than the direct convolution for ``k = 7``);
+  product with the kernel's spectrum, made as one batched real GEMM of ``(tiles, 2C) @ (2C, 2O)``
+  (~8 times fewer multiply-adds than the direct convolution for ``k = 7``);
 * the inverse transform of each tile gives the circular correlation, whose first ``N - k + 1`` rows and
   columns are the plain (linear) correlation, i.e. what ``F.conv2d`` computes.
 
-It is not an approximation: in float32 the result is as close to the float64 convolution as
-``F.conv2d``'s own (~2.5e-7 relative to the largest output, against ~6e-7 to 2e-6 for the direct
-convolution on these shapes). Tiles are processed ~24 at a time so that a chunk's spectra stay in the cache
-between the transforms and the products.
+It is not an approximation: in float32 the result is closer to the float64 convolution than ``F.conv2d``'s
+own (~2.2e-7 relative to the largest output, against 1.5e-6 to 2e-6 for the direct convolution on these
+shapes; ``benchmarks/fft_conv.py`` prints both). Tiles are processed ~24 at a time so that a chunk's
+spectra stay in the cache between the transforms and the products.
 
-The kernel's spectrum (82 MB for 64 -> 147 channels at ``N = 32``) is made in every call (~25 ms) and not
-kept: kept for the three decoder blocks that would use it, it raised swin_v1_l's peak RSS at 1024² from
-1.74 to 1.94 GB (the goal is 2.0) and was no faster.
+The kernel's spectrum (22 MB for 64 -> 147 channels at ``N = 16``) is made in every call (~10 ms) and not
+kept: keeping the 82 MB spectra of ``N = 32`` for the decoder blocks raised swin_v1_l's peak RSS at 1024²
+from 1.74 to 1.94 GB (the goal is 2.0) and was no faster.
 
-Measured on the AVX-512 host, 2 threads, 64 -> 147 channels, 7x7 (docs/performance.md), spectrum
-excluded: 256² 287 -> 110 ms, 128² 73 -> 25 ms, 64² 18 -> 11.5 ms, 32² 4.6 -> 6.4 ms. With the spectrum
-made per call only maps from :data:`MIN_SIDE` = 96 gain. A 3x3 kernel gains nothing (64 -> 27 channels at
-256²: 12 ms direct, 32 ms by FFT) and keeps ``F.conv2d``.
+Measured on the AVX-512 host, 2 threads, 64 -> 147 channels, 7x7, spectrum included
+(``python benchmarks/fft_conv.py --runs 15``; the host is noisy, other runs in brackets): 256² 294 -> 181
+ms (145), 128² 71 -> 61 ms (42), 64² 17.6 -> 19.1 ms. Hence maps from :data:`MIN_SIDE` = 96 only. In
+swin_v1_l's forward at 1024² (8 alternating forwards): 12.22 -> 12.10-12.13 s. ``N = 32`` does fewer
+products but needs a 4x larger spectrum: 256² 188 ms, 128² 91 ms with it made per call. A 3x3 kernel
+gains nothing (384 -> 64 channels at 256²: 128 ms direct, 166-204 ms by FFT) and keeps ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from birefnet.models.tracing import is_tracing
 #: ``benchmarks/ab_switch.py --switch fft-offsets`` compares both).
 ENABLED = True
 
-#: Transform size ``N`` of the tiles: each tile gives ``N - k + 1`` outputs per side. 32 measured fastest
-#: for k = 7 at 128² to 256² (16, 20 and 24 were 25-35 % slower at 256²).
-FFT_SIZE = 32
+#: Transform size ``N`` of the tiles: each tile gives ``N - k + 1`` outputs per side. With the spectrum made
+#: per call, 16 measured as fast as 32 at 256² and faster at 128² (24 was slower at both).
+FFT_SIZE = 16
 
 #: Smallest kernel size that takes the FFT form (k = 3 does not gain).
 MIN_KERNEL = 5
@@ -52,8 +54,8 @@ MIN_KERNEL = 5
 #: transforms save).
 MIN_SIDE = 96
 
-#: Tiles transformed and multiplied per chunk: ~13 MB of output spectrum for 147 channels, which stays in
-#: the cache from the product to the inverse transform (10 to 40 tiles measured; 20-25 was fastest).
+#: Tiles transformed and multiplied per chunk, so that a chunk's spectra stay in the cache from the product
+#: to the inverse transform (for N = 16, 26 to 208 tiles measured at 128² and 256²: 24-26 was fastest).
 TILES_PER_CHUNK = 24
 
 
@@ -97,7 +99,7 @@ def applies(
 
 
 def kernel_spectrum(
-    weight: torch.Tensor, n: int = FFT_SIZE, dtype: torch.dtype = torch.float32
+    weight: torch.Tensor, n: int | None = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """The real GEMM operand of :func:`conv2d` for ``weight``: ``(n·(n/2+1), 2C, 2O)`` in ``dtype``.
 
@@ -113,9 +115,10 @@ def kernel_spectrum(
 
     Args:
         weight: ``(O, C, k, k)`` convolution weight, ``k < n``.
-        n: transform size.
+        n: transform size (:data:`FFT_SIZE` when None).
         dtype: dtype of the result and of its GEMM (that of the input to be convolved).
     """
+    n = FFT_SIZE if n is None else n
     out_channels, in_channels, k, _ = weight.shape
     half = n // 2 + 1
     f64 = {"dtype": torch.float64, "device": weight.device}
@@ -141,7 +144,7 @@ def conv2d(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     spectrum: torch.Tensor | None = None,
-    n: int = FFT_SIZE,
+    n: int | None = None,
 ) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride=1, padding=k // 2)`` by FFT over overlapping tiles.
 
@@ -151,12 +154,13 @@ def conv2d(
         bias: ``(O,)`` or None.
         spectrum: :func:`kernel_spectrum` of ``weight`` for ``n`` (computed when None; callers that run
             the same weight again may keep it).
-        n: transform size (a tile gives ``n - k + 1`` outputs per side).
+        n: transform size (a tile gives ``n - k + 1`` outputs per side; :data:`FFT_SIZE` when None).
 
     Returns:
         ``(B, O, H, W)`` of ``x``'s dtype in channels-last memory layout, as ``F.conv2d`` gives for a channels-last
         input.
     """
+    n = FFT_SIZE if n is None else n
     batch, channels, height, width = x.shape
     out_channels, _, k, _ = weight.shape
     if spectrum is None:
