@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
+from birefnet.models.onednn import autocast_enabled
 from birefnet.models.tracing import is_tracing
 
 #: Use the FFT form for large offset convolutions at CPU inference (read per call;
@@ -67,20 +68,16 @@ def applies(
 ) -> bool:
     """Whether :func:`conv2d` may replace ``F.conv2d(x, weight, bias, stride, padding)`` here, and gains.
 
-    It may at float32 CPU inference (no autograd, no export/compile tracing) for one group, stride 1 and an
+    It may at float32 CPU inference (no autograd, autocast or export/compile tracing) for one group, stride 1 and an
     odd square kernel smaller than :data:`FFT_SIZE` / 2 with "same" padding. It gains for a kernel of at
     least :data:`MIN_KERNEL`, enough channels (``C·O ≥ 16·(C + O)``: BiRefNet's 64 -> 147) and a map of at
     least :data:`MIN_SIDE` per side.
     """
     if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if (
-        torch.is_grad_enabled()
-        or is_tracing()
-        or x.dim() != 4
-        or weight.dim() != 4
-        or isinstance(padding, str)
-    ):
+    if torch.is_grad_enabled() or is_tracing() or autocast_enabled("cpu"):
+        return False  # under autocast the opt-in reduced precision keeps its own convolution
+    if x.dim() != 4 or weight.dim() != 4 or isinstance(padding, str):
         return False
     out_channels, in_channels, kh, kw = weight.shape
     strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
