@@ -78,6 +78,8 @@ def test_applies_only_to_large_kernels_at_float32_cpu_inference(monkeypatch):
         few = torch.zeros(1, 4, 128, 128), torch.zeros(5, 4, 7, 7)
         assert not fft_conv.applies(*few, 1, 3)  # few channels
         assert not fft_conv.applies(x.double(), w.double(), 1, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fft_conv.applies(x, w, 1, 3)  # the opt-in bf16 keeps its own convolution
         monkeypatch.setattr(fft_conv, "ENABLED", False)
         assert not fft_conv.applies(x, w, 1, 3)
     monkeypatch.setattr(fft_conv, "ENABLED", True)
