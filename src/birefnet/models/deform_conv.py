@@ -670,7 +670,7 @@ class DeformableConv2d(nn.Module):
         stride, padding = self.offset_conv.stride, self.offset_conv.padding
         if fft_conv.applies(x, weight, stride, padding):
             # Large kernels (the 7x7 branch) at large maps at CPU inference: the same convolution by FFT
-            # over tiles, 1.6-2x faster at 256x256 (:mod:`birefnet.models.fft_conv`).
+            # over tiles, 1.5-2x faster at 256x256 (:mod:`birefnet.models.fft_conv`).
             both = fft_conv.conv2d(x, weight, bias)
         else:
             both = F.conv2d(x, weight, bias, stride, padding)

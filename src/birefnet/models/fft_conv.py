@@ -68,10 +68,10 @@ def applies(
 ) -> bool:
     """Whether :func:`conv2d` may replace ``F.conv2d(x, weight, bias, stride, padding)`` here, and gains.
 
-    It may at float32 CPU inference (no autograd, autocast or export/compile tracing) for one group, stride 1 and an
-    odd square kernel smaller than :data:`FFT_SIZE` / 2 with "same" padding. It gains for a kernel of at
-    least :data:`MIN_KERNEL`, enough channels (``C·O ≥ 16·(C + O)``: BiRefNet's 64 -> 147) and a map of at
-    least :data:`MIN_SIDE` per side.
+    It may at float32 CPU inference (no autograd, autocast or export/compile tracing) for one group,
+    stride 1 and an odd square kernel smaller than :data:`FFT_SIZE` / 2 with "same" padding. It gains for a
+    kernel of at least :data:`MIN_KERNEL`, enough channels (``C·O ≥ 16·(C + O)``: BiRefNet's 64 -> 147) and
+    a map of at least :data:`MIN_SIDE` per side.
     """
     if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
@@ -154,8 +154,8 @@ def conv2d(
         n: transform size (a tile gives ``n - k + 1`` outputs per side; :data:`FFT_SIZE` when None).
 
     Returns:
-        ``(B, O, H, W)`` of ``x``'s dtype in channels-last memory layout, as ``F.conv2d`` gives for a channels-last
-        input.
+        ``(B, O, H, W)`` of ``x``'s dtype in channels-last memory layout, as ``F.conv2d`` gives for a
+        channels-last input.
     """
     n = FFT_SIZE if n is None else n
     batch, channels, height, width = x.shape
