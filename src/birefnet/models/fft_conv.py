@@ -140,7 +140,6 @@ def conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    spectrum: torch.Tensor | None = None,
     n: int | None = None,
 ) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride=1, padding=k // 2)`` by FFT over overlapping tiles.
@@ -149,8 +148,6 @@ def conv2d(
         x: ``(B, C, H, W)`` float32 (or float64, for tests), any memory layout.
         weight: ``(O, C, k, k)``, ``k`` odd and smaller than ``n``.
         bias: ``(O,)`` or None.
-        spectrum: :func:`kernel_spectrum` of ``weight`` for ``n`` (computed when None; callers that run
-            the same weight again may keep it).
         n: transform size (a tile gives ``n - k + 1`` outputs per side; :data:`FFT_SIZE` when None).
 
     Returns:
@@ -160,8 +157,7 @@ def conv2d(
     n = FFT_SIZE if n is None else n
     batch, channels, height, width = x.shape
     out_channels, _, k, _ = weight.shape
-    if spectrum is None:
-        spectrum = kernel_spectrum(weight, n, x.dtype)
+    spectrum = kernel_spectrum(weight, n, x.dtype)  # per call: kept, it cost peak RSS (module docstring)
     pad, step, half = k // 2, n - k + 1, n // 2 + 1
     freqs = n * half
     tiles_y, tiles_x = math.ceil(height / step), math.ceil(width / step)
