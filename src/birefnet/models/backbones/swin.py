@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birefnet.models import _swin_triton, onednn
+from birefnet.models import _swin_triton, cpu_kernels, onednn
 from birefnet.models.backbones.base import Backbone, DropPath, init_transformer_weights
 from birefnet.models.tracing import is_tracing
 
@@ -567,6 +567,12 @@ STREAM_WINDOWS = True
 _STREAM_TOKENS = 4096
 
 
+#: In :meth:`SwinBlock.forward_streamed`, attend with the C kernel of :mod:`birefnet.models.cpu_kernels`
+#: where it is available (compiled on first use; AVX-512, Linux) instead of :func:`_attend` and a scatter.
+#: Read per chunk; ``benchmarks/ab_switch.py --switch c-attention`` compares both.
+C_ATTENTION = True
+
+
 # Bytes of attention scores per call of the streamed path's attention (:func:`_attend`): windows x heads x
 # query rows x N floats. Around 2 MB the scores stay in the cache from the product through the softmax to
 # the second product, and the two batched products run at 90-106 GFLOP/s on the AVX-512 host, against
@@ -886,8 +892,12 @@ class SwinBlock(nn.Module):
                 else:  # padding slots: zero tokens after norm1, so their qkv is the bias
                     qkv = qkv_bias.expand(windows, n, 3 * c).contiguous()
                     qkv.index_copy_(1, rows, projected.view(windows, -1, 3 * c))
-                q, k, v = qkv.view(windows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
                 mask = bias if start < m else masked_bias[start - m : stop - m]
+                # The C kernel (AVX-512, built on first use): all of the chunk's windows and heads in one
+                # call, each output row written to its token (cpu_kernels); else PyTorch's path below.
+                if C_ATTENTION and cpu_kernels.window_attention(qkv, heads, rows, mask, target, index):
+                    continue
+                q, k, v = qkv.view(windows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
                 if rows is not None:  # query rows of real tokens only (padding outputs are cropped)
                     q, mask = q.index_select(2, rows), mask.index_select(2, rows)
                 # the scores of `per` windows at a time: ~_SCORES_BYTES, in the cache through softmax

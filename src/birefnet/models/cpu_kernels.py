@@ -1,0 +1,226 @@
+"""C kernels of our own for float32 CPU inference on AVX-512, compiled on first use.
+
+One kernel so far: Swin window attention (``csrc/window_attention.c``), taken by
+:meth:`birefnet.models.backbones.swin.SwinBlock.forward_streamed`. PyTorch computes a chunk of windows'
+attention as two batched products of 144 x 144 x 32 per head, a softmax and a scatter of the outputs,
+~10 operator calls over ~2 MB of scores at ~130 GFLOP/s; the kernel does one head of one window at a time
+with its scores in the L2 cache and writes each output row to its token's place (docs/performance.md).
+
+The package ships the C source, not a binary: the first call compiles it with the machine's C compiler
+(``$CC``, else ``cc``, ``gcc`` or ``clang``) into ``$BIREFNET_KERNEL_CACHE`` (default
+``~/.cache/birefnet/kernels``, under ``$XDG_CACHE_HOME`` when set), named by a hash of the source and
+the flags, and loads it with :mod:`ctypes` (which releases the GIL during the call). Where there is no
+compiler, the build fails, the CPU has no AVX-512, or ``BIREFNET_C_KERNELS=0`` is set, :func:`available`
+is False and the callers keep their PyTorch path: the same function, rounded in another order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "build_error", "cpu_has_avx512", "library_path", "window_attention"]
+
+log = logging.getLogger(__name__)
+
+#: Set to False to keep every CPU path in PyTorch (a switch for ``benchmarks/ab_switch.py``; the
+#: environment variable ``BIREFNET_C_KERNELS=0`` does the same for a whole process). Read per call.
+ENABLED = True
+
+_SOURCE = Path(__file__).with_name("csrc") / "window_attention.c"
+# -fopenmp: the parallel loop runs on the OpenMP runtime already loaded by PyTorch's Linux wheels
+# (libgomp.so.1, matched by soname), sharing its worker threads; pthreads of our own measured 1.4-2x
+# slower per call right after a PyTorch operator, whose spinning workers held the second core.
+_FLAGS = ("-O3", "-mavx512f", "-mavx512dq", "-mfma", "-fopenmp", "-fPIC", "-shared")
+_HEAD_DIM = 32
+_WINDOW_TOKENS = 144
+
+_build_error: str | None = None
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("BIREFNET_KERNEL_CACHE"):
+        return Path(os.environ["BIREFNET_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "birefnet" / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def library_path(compiler: str) -> Path:
+    """Where the compiled kernel of this source, these flags and ``compiler`` is cached."""
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), compiler.encode()):
+        digest.update(part)
+    return _cache_dir() / f"window_attention-{digest.hexdigest()[:16]}.so"
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on the first call of a process (cached on disk), or None."""
+    global _build_error
+    compiler = _compiler()
+    if compiler is None:
+        _build_error = "no C compiler found (set CC, or install gcc or clang)"
+        return None
+    target = library_path(compiler)
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Built under a temporary name and renamed into place: a concurrent process sees either no
+            # library or a whole one.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            try:
+                subprocess.run(
+                    [compiler, *_FLAGS, str(_SOURCE), "-o", tmp],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        lib = ctypes.CDLL(str(target))
+    except subprocess.CalledProcessError as e:
+        lines = (e.stderr or "").strip().splitlines()
+        _build_error = f"{compiler} failed: {lines[-1] if lines else e}"
+    except (OSError, subprocess.SubprocessError) as e:
+        _build_error = f"{type(e).__name__}: {e}"
+    else:
+        fn = lib.birefnet_window_attention_f32
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        fn.argtypes = [
+            ptr,
+            i64,
+            i64,
+            i64,
+            ptr,
+            i64,
+            ptr,
+            i64,
+            ptr,
+            ptr,
+            i64,
+            i64,
+            ctypes.c_float,
+            ctypes.c_int,
+        ]
+        fn.restype = ctypes.c_int
+        return lib
+    log.warning(
+        "birefnet: the C attention kernel is not used (%s); PyTorch's path runs instead", _build_error
+    )
+    return None
+
+
+def available() -> bool:
+    """Whether the kernels may run in this process: enabled (:data:`ENABLED`, ``BIREFNET_C_KERNELS``),
+    Linux, an AVX-512 CPU (:func:`cpu_has_avx512`), and the library built and loaded (compiled on the
+    first call that gets this far)."""
+    return (
+        ENABLED
+        and os.environ.get("BIREFNET_C_KERNELS", "1") != "0"
+        and sys.platform.startswith("linux")
+        and cpu_has_avx512()
+        and _library() is not None
+    )
+
+
+def cpu_has_avx512() -> bool:
+    """Whether PyTorch found AVX-512 (F, BW, VL, DQ) on this CPU: the kernels' instructions."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def build_error() -> str | None:
+    """Why the library could not be built or loaded (None if it was, or was not tried)."""
+    return _build_error
+
+
+def window_attention(
+    qkv: torch.Tensor,
+    heads: int,
+    rows: torch.Tensor | None,
+    mask: torch.Tensor,
+    out: torch.Tensor,
+    out_rows: torch.Tensor,
+) -> bool:
+    """``softmax(q k^T / sqrt(d) + mask) v`` per window and head, each query's output written to its row.
+
+    Args:
+        qkv: ``(windows, 144, 3C)`` contiguous float32, the qkv projection of each window's token slots
+            (``C = heads * 32``).
+        heads: attention heads.
+        rows: ``(nq,)`` int64 query slots to compute, or None for all 144 (keys and values: all slots).
+        mask: ``(1 or windows, heads, 144, 144)`` contiguous float32 additive mask (bias, plus 0 / -inf);
+            every query row needs a finite entry.
+        out: ``(M, C)`` float32 with unit column stride, written in place.
+        out_rows: ``(windows * nq,)`` int64 rows of ``out``, window-major, one per computed query.
+
+    Returns:
+        False (``out`` untouched) where the kernel does not apply: not :func:`available`, or other
+        shapes, dtypes or layouts (the caller then runs PyTorch's path); True once ``out`` is written.
+
+    Raises:
+        IndexError: a query slot outside ``[0, 144)`` or an output row outside ``out`` (checked by the
+            kernel before it writes anything).
+    """
+    windows, tokens, c3 = qkv.shape
+    nq = tokens if rows is None else rows.numel()
+    if not (
+        available()
+        and tokens == _WINDOW_TOKENS
+        and c3 == 3 * heads * _HEAD_DIM
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (qkv, mask, out))
+        and qkv.is_contiguous()
+        and mask.is_contiguous()
+        and mask.shape[1:] == (heads, tokens, tokens)
+        and mask.shape[0] in (1, windows)
+        and out.dim() == 2
+        and out.shape[1] == heads * _HEAD_DIM
+        and out.stride(1) == 1
+        and out_rows.dtype == torch.int64
+        and out_rows.is_contiguous()
+        and out_rows.numel() == windows * nq
+        and (rows is None or (rows.dtype == torch.int64 and rows.is_contiguous() and 0 < nq <= tokens))
+        and not any(t.requires_grad and torch.is_grad_enabled() for t in (qkv, mask))
+    ):
+        return False
+    if windows == 0:
+        return True
+    status = _library().birefnet_window_attention_f32(
+        qkv.data_ptr(),
+        windows,
+        tokens,
+        heads,
+        None if rows is None else rows.data_ptr(),
+        nq,
+        mask.data_ptr(),
+        0 if mask.shape[0] == 1 else mask.stride(0),
+        out.data_ptr(),
+        out_rows.data_ptr(),
+        out.shape[0],
+        out.stride(0),
+        _HEAD_DIM**-0.5,
+        torch.get_num_threads(),
+    )
+    if status == 3:
+        raise IndexError("window_attention: a query slot or an output row is out of range")
+    return status == 0

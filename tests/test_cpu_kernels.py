@@ -1,0 +1,169 @@
+"""The C kernels compiled on first use (birefnet.models.cpu_kernels): the Swin window attention."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from birefnet.models import cpu_kernels
+from birefnet.models.backbones import swin
+
+N, D = 144, 32
+
+
+def _why_not() -> str:
+    if not cpu_kernels.cpu_has_avx512():
+        return "this CPU has no AVX-512 (the kernel's instructions)"
+    return f"the C kernel could not be built here: {cpu_kernels.build_error()}"
+
+
+needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason=_why_not())
+
+
+def _reference(qkv, heads, rows, mask, out, out_rows) -> None:
+    """PyTorch's path of SwinBlock.forward_streamed for one chunk, in float64."""
+    windows = qkv.shape[0]
+    c = heads * D
+    q, k, v = qkv.double().view(windows, N, 3, heads, D).permute(2, 0, 3, 1, 4).unbind(0)
+    mask = mask.double()
+    if rows is not None:
+        q, mask = q.index_select(2, rows), mask.index_select(2, rows)
+    o = swin._attend(q, k, v, mask)  # (windows, heads, nq, d)
+    out.index_copy_(0, out_rows, o.transpose(1, 2).reshape(-1, c).to(out.dtype))
+
+
+def _case(heads: int, windows: int, rows: torch.Tensor | None, per_window_mask: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    c = heads * D
+    qkv = torch.randn(windows, N, 3 * c, generator=g)
+    mask = torch.randn(1, heads, N, N, generator=g)
+    if per_window_mask:  # a shift mask: tokens of two regions, each query sees its own region only
+        region = torch.randint(0, 2, (windows, 1, N), generator=g)
+        region[:, :, :2] = torch.tensor([0, 1])  # both regions present in every window
+        masked = (region[..., :, None] != region[..., None, :]).float() * float("-inf")
+        mask = (mask + masked.nan_to_num(0.0, neginf=float("-inf"))).contiguous()
+    nq = N if rows is None else rows.numel()
+    out_rows = torch.randperm(windows * nq + 50, generator=g)[: windows * nq]
+    return qkv, mask, out_rows
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("heads", "windows", "query_rows", "per_window_mask"),
+    [
+        (1, 1, None, False),
+        (3, 5, None, True),
+        (6, 4, "padded", False),
+        (2, 7, "padded", True),
+        (4, 3, "few", False),
+    ],
+)
+def test_window_attention_equals_pytorch_path(heads, windows, query_rows, per_window_mask) -> None:
+    """All query rows or a subset (the real slots of padded windows; a count that is no multiple of the
+    kernel's row blocks), one mask for all windows or one per window with -inf entries, outputs scattered
+    to permuted rows: the float64 PyTorch path's values to float32 rounding, other rows untouched."""
+    rows = {None: None, "padded": torch.arange(0, N, 2), "few": torch.tensor([5, 77, 143])}[query_rows]
+    qkv, mask, out_rows = _case(heads, windows, rows, per_window_mask)
+    c = heads * D
+    ours = torch.full((windows * (N if rows is None else rows.numel()) + 50, c), 7.0)
+    ref = ours.clone()
+    assert cpu_kernels.window_attention(qkv, heads, rows, mask, ours, out_rows)
+    _reference(qkv, heads, rows, mask, ref, out_rows)
+    assert torch.isfinite(ours).all()
+    assert (ours - ref).abs().max() <= 2e-6 * ref.abs().max()
+    untouched = torch.ones(ours.shape[0], dtype=torch.bool)
+    untouched[out_rows] = False
+    assert (ours[untouched] == 7.0).all()
+
+
+@needs_kernel
+def test_window_attention_declines_or_refuses_what_it_does_not_handle() -> None:
+    """Other window sizes, head widths, dtypes or layouts: False and nothing written (the caller runs
+    PyTorch's path). Out-of-range indices: IndexError before anything is written. Switched off: False."""
+    qkv, mask, out_rows = _case(2, 2, None, False)
+    out = torch.zeros(2 * N, 2 * D)
+    assert not cpu_kernels.window_attention(qkv[:, :100].contiguous(), 2, None, mask, out, out_rows[:200])
+    assert not cpu_kernels.window_attention(qkv.double(), 2, None, mask, out, out_rows)
+    assert not cpu_kernels.window_attention(qkv, 3, None, mask, out, out_rows)  # head width 64 / 3
+    assert not cpu_kernels.window_attention(qkv, 2, None, mask.transpose(-1, -2), out, out_rows)
+    assert not cpu_kernels.window_attention(qkv, 2, None, mask, out.t().contiguous().t(), out_rows)
+    assert not cpu_kernels.window_attention(qkv, 2, None, mask, out, out_rows.int())
+    assert (out == 0).all()
+    with pytest.raises(IndexError):
+        cpu_kernels.window_attention(qkv, 2, None, mask, out[:-1], out_rows)
+    with pytest.raises(IndexError):
+        cpu_kernels.window_attention(qkv, 2, torch.tensor([0, 144]), mask, out, out_rows[:4])
+    assert (out == 0).all()
+    cpu_kernels.ENABLED = False
+    try:
+        assert not cpu_kernels.window_attention(qkv, 2, None, mask, out, out_rows)
+    finally:
+        cpu_kernels.ENABLED = True
+    assert (out == 0).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize(("side", "tokens"), [(64, 1000), (30, 4096)])
+def test_swin_stage_with_the_c_kernel_equals_pytorch_attention(monkeypatch, side, tokens) -> None:
+    """A Swin stage on the streamed path (window 12, head width 32: the kernel's shapes), with padded and
+    shifted windows, two samples: the C kernel against PyTorch's attention, to float rounding."""
+    monkeypatch.setattr(swin, "_STREAM_TOKENS", tokens)
+    calls = []
+    real = cpu_kernels.window_attention
+    monkeypatch.setattr(cpu_kernels, "window_attention", lambda *a: calls.append(real(*a)) or calls[-1])
+    torch.manual_seed(0)
+    stage = swin.SwinStage(64, 2, 2, 12, 4.0, [0.0, 0.0], downsample=False).eval()
+    with torch.no_grad():
+        for block in stage.blocks:
+            block.attn.relative_position_bias_table.normal_()
+    x = torch.randn(2, side, side, 64)
+    with torch.inference_mode():
+        if not all(swin._onednn_linear_ok(x, *swin._linears(block)) for block in stage.blocks):
+            pytest.skip("the streamed path needs PyTorch's oneDNN on an AVX-512 CPU")
+        ours, _ = stage(x)
+        assert calls and all(calls)  # every chunk attended by the kernel
+        monkeypatch.setattr(swin, "C_ATTENTION", False)
+        ref, _ = stage(x)
+    assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path, caplog) -> None:
+    """A compiler that fails: not available, the reason kept and logged once, nothing left in the cache."""
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("BIREFNET_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "cpu_has_avx512", lambda: True)
+    monkeypatch.setattr(cpu_kernels, "_build_error", None)
+    cpu_kernels._library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="birefnet.models.cpu_kernels"):
+            assert not cpu_kernels.available()
+            assert not cpu_kernels.available()
+        assert "false failed" in cpu_kernels.build_error()
+        assert len([r for r in caplog.records if "not used" in r.getMessage()]) == 1
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        cpu_kernels._library.cache_clear()
+
+
+def test_switched_off_by_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("BIREFNET_C_KERNELS", "0")
+    assert not cpu_kernels.available()
+
+
+@needs_kernel
+def test_library_is_cached_on_disk_by_source_and_flags(monkeypatch, tmp_path) -> None:
+    """Built once into the cache directory (a name per source, flags and compiler), loaded from there
+    afterwards."""
+    monkeypatch.setenv("BIREFNET_KERNEL_CACHE", str(tmp_path))
+    cpu_kernels._library.cache_clear()
+    try:
+        assert cpu_kernels.available()
+        built = list(tmp_path.iterdir())
+        assert len(built) == 1 and built[0].suffix == ".so"
+        cpu_kernels._library.cache_clear()
+        assert cpu_kernels.available()
+        assert list(tmp_path.iterdir()) == built
+    finally:
+        cpu_kernels._library.cache_clear()
