@@ -44,6 +44,7 @@ drift by 10-20 % within minutes.
     python benchmarks/ab_switch.py --switch two-scale --variant swin_v1_l --size 1024 --pairs 6 --pack
     python benchmarks/ab_switch.py --switch fold-last-block --variant swin_v1_l --size 1024 --pairs 6 --pack
     python benchmarks/ab_switch.py --switch c-attention --variant swin_v1_l --size 1024 --pairs 5 --pack
+    python benchmarks/ab_switch.py --switch c-sampling --variant swin_v1_l --size 1024 --pairs 5 --pack
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ import torch
 
 from birefnet import BiRefNet, BiRefNetConfig
 from birefnet.models import birefnet as birefnet_module
-from birefnet.models import blocks, cpu_kernels, fft_conv, memory, onednn
+from birefnet.models import blocks, cpu_kernels, deform_conv, fft_conv, memory, onednn
 from birefnet.models import decoder as decoder_module
 from birefnet.models.backbones import swin
 
@@ -99,6 +100,10 @@ def _set_c_attention(on: bool) -> None:
     swin.C_ATTENTION = on
 
 
+def _set_c_sampling(on: bool) -> None:
+    deform_conv.C_SAMPLING = on
+
+
 # Whether the worker's model is packed (BiRefNet.pack_cpu_weights), read by _model_and_input.
 _PACK_WEIGHTS = False
 
@@ -119,6 +124,7 @@ SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "fold-last-block": (_set_fold_last_block, "unfolded", "folded"),
     "fft-offsets": (_set_fft_offsets, "direct", "FFT tiles"),
     "c-attention": (_set_c_attention, "PyTorch attention", "C attention"),
+    "c-sampling": (_set_c_sampling, "PyTorch sampling", "C sampling"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
 PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights", "two-scale"}
@@ -214,9 +220,9 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
     setter, off_label, on_label = SWITCHES[args.switch]
     if args.switch in ("onednn", "streamed-windows", "packed-weights") and not onednn.available():
         print(f"this CPU has no AVX-512 (or torch no oneDNN): both sides of {args.switch} take the same path")
-    if args.switch == "c-attention" and not cpu_kernels.available():
+    if args.switch in ("c-attention", "c-sampling") and not cpu_kernels.available():
         why = cpu_kernels.build_error() or "no AVX-512, not Linux, or BIREFNET_C_KERNELS=0"
-        print(f"the C attention kernel is not available ({why}): both sides take PyTorch's path")
+        print(f"the C kernels are not available ({why}): both sides of {args.switch} take PyTorch's path")
     if args.switch in PER_PROCESS:
         off, on, diff = _two_processes(args, off_label, on_label)
         _report(args, off_label, on_label, off, on, diff)

@@ -167,3 +167,69 @@ def test_library_is_cached_on_disk_by_source_and_flags(monkeypatch, tmp_path) ->
         assert list(tmp_path.iterdir()) == built
     finally:
         cpu_kernels._library.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("batch", "channels", "kernel", "with_mask", "channels_last"),
+    [(1, 64, 7, True, True), (2, 20, 3, True, False), (1, 16, 1, False, True), (2, 35, 3, False, False)],
+)
+def test_deform_columns_equal_the_pytorch_sampler(batch, channels, kernel, with_mask, channels_last) -> None:
+    """The C sampler against deform_conv's PyTorch sampler: offsets that reach past every border (and so
+    onto the zero border), one NaN offset, with and without the mask, channel counts that are no multiple of
+    16, channels-last (strided) and contiguous offsets, one and two samples; float32 rounding apart."""
+    from birefnet.models import deform_conv
+
+    g = torch.Generator().manual_seed(kernel)
+    h, w, pad = 11, 13, kernel // 2
+    x = torch.randn(batch, channels, h, w, generator=g)
+    offset = torch.randn(batch, 2 * kernel * kernel, h, w, generator=g) * 4
+    offset[0, 0, 2, 3] = float("nan")
+    mask = torch.rand(batch, kernel * kernel, h, w, generator=g) * 2 if with_mask else None
+    if channels_last:
+        x, offset = (t.contiguous(memory_format=torch.channels_last) for t in (x, offset))
+    with torch.inference_mode():
+        off, msk, base_y, base_x = deform_conv._sampling_grid(
+            x, offset, mask, (kernel, kernel), (1, 1), (pad, pad), (1, 1), (h, w)
+        )
+        sampler = deform_conv._GatherSampler(x, 1)
+        rows = slice(2, 9)
+        args = (base_y[rows], base_x, off[:, :, rows], None if msk is None else msk[:, :, rows])
+        ours = cpu_kernels.deform_columns(sampler.table, h, w, *args)
+        deform_conv.C_SAMPLING = False
+        try:
+            ref = sampler(*args)
+        finally:
+            deform_conv.C_SAMPLING = True
+    assert ours is not None and ours.shape == ref.shape
+    nan = torch.isnan(ref)
+    assert torch.equal(nan, torch.isnan(ours)) and nan.any() == (rows.start <= 2 < rows.stop)
+    assert (ours[~nan] - ref[~nan]).abs().max() <= 1e-6 * ref[~nan].abs().max()
+
+
+@needs_kernel
+def test_deform_columns_decline_what_they_do_not_handle() -> None:
+    """Autograd recording, float64, two offset groups: None (deform_conv then samples with PyTorch)."""
+    from birefnet.models import deform_conv
+
+    x = torch.randn(1, 8, 6, 6)
+    offset, mask = torch.randn(1, 18, 6, 6), torch.rand(1, 9, 6, 6)
+    off, msk, base_y, base_x = deform_conv._sampling_grid(
+        x, offset, mask, (3, 3), (1, 1), (1, 1), (1, 1), (6, 6)
+    )
+    table = deform_conv._GatherSampler(x, 1).table
+    assert cpu_kernels.deform_columns(table, 6, 6, base_y, base_x, off.requires_grad_(), msk) is None
+    off = off.detach()
+    assert cpu_kernels.deform_columns(table.double(), 6, 6, base_y, base_x, off, msk) is None
+    off2, msk2, *_ = deform_conv._sampling_grid(
+        torch.randn(1, 8, 6, 6),
+        torch.randn(1, 36, 6, 6),
+        torch.rand(1, 18, 6, 6),
+        (3, 3),
+        (1, 1),
+        (1, 1),
+        (1, 1),
+        (6, 6),
+    )
+    assert cpu_kernels.deform_columns(table, 6, 6, base_y, base_x, off2, msk2) is None
+    assert cpu_kernels.deform_columns(table, 6, 6, base_y, base_x, off, msk) is not None

@@ -1,12 +1,17 @@
 """C kernels of our own for float32 CPU inference on AVX-512, compiled on first use.
 
-One kernel so far: Swin window attention (``csrc/window_attention.c``), taken by
-:meth:`birefnet.models.backbones.swin.SwinBlock.forward_streamed`. PyTorch computes a chunk of windows'
-attention as two batched products of 144 x 144 x 32 per head, a softmax and a scatter of the outputs,
-~10 operator calls over ~2 MB of scores at ~130 GFLOP/s; the kernel does one head of one window at a time
-with its scores in the L2 cache and writes each output row to its token's place (docs/performance.md).
+- Swin window attention (``csrc/window_attention.c``), taken by
+  :meth:`birefnet.models.backbones.swin.SwinBlock.forward_streamed`. PyTorch computes a chunk of windows'
+  attention as two batched products of 144 x 144 x 32 per head, a softmax and a scatter of the outputs,
+  ~10 operator calls over ~2 MB of scores at ~130 GFLOP/s; the kernel does one head of one window at a
+  time with its scores in the L2 cache and writes each output row to its token's place.
+- The deformable convolution's bilinear sampling (``csrc/deform_sampling.c``), taken by
+  :class:`birefnet.models.deform_conv._GatherSampler`: the columns straight from the offsets and the
+  mask, instead of ~20 elementwise operations that write 4 indices and 4 weights per sample and
+  ``F.embedding_bag`` reading them back.
 
-The package ships the C source, not a binary: the first call compiles it with the machine's C compiler
+Measurements are in docs/performance.md. The package ships the C sources, not a binary: the first call
+compiles them with the machine's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``) into ``$BIREFNET_KERNEL_CACHE`` (default
 ``~/.cache/birefnet/kernels``, under ``$XDG_CACHE_HOME`` when set), named by a hash of the source and
 the flags, and loads it with :mod:`ctypes` (which releases the GIL during the call). Where there is no
@@ -29,7 +34,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build_error", "cpu_has_avx512", "library_path", "window_attention"]
+__all__ = [
+    "available",
+    "build_error",
+    "cpu_has_avx512",
+    "deform_columns",
+    "library_path",
+    "window_attention",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +49,10 @@ log = logging.getLogger(__name__)
 #: environment variable ``BIREFNET_C_KERNELS=0`` does the same for a whole process). Read per call.
 ENABLED = True
 
-_SOURCE = Path(__file__).with_name("csrc") / "window_attention.c"
+_SOURCES = (
+    Path(__file__).with_name("csrc") / "window_attention.c",
+    Path(__file__).with_name("csrc") / "deform_sampling.c",
+)
 # -fopenmp: the parallel loop runs on the OpenMP runtime already loaded by PyTorch's Linux wheels
 # (libgomp.so.1, matched by soname), sharing its worker threads; pthreads of our own measured 1.4-2x
 # slower per call right after a PyTorch operator, whose spinning workers held the second core.
@@ -65,9 +80,9 @@ def _compiler() -> str | None:
 def library_path(compiler: str) -> Path:
     """Where the compiled kernel of this source, these flags and ``compiler`` is cached."""
     digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), compiler.encode()):
+    for part in (*(p.read_bytes() for p in _SOURCES), " ".join(_FLAGS).encode(), compiler.encode()):
         digest.update(part)
-    return _cache_dir() / f"window_attention-{digest.hexdigest()[:16]}.so"
+    return _cache_dir() / f"birefnet_cpu-{digest.hexdigest()[:16]}.so"
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,7 +103,7 @@ def _library() -> ctypes.CDLL | None:
             os.close(fd)
             try:
                 subprocess.run(
-                    [compiler, *_FLAGS, str(_SOURCE), "-o", tmp],
+                    [compiler, *_FLAGS, *map(str, _SOURCES), "-o", tmp],
                     check=True,
                     capture_output=True,
                     text=True,
@@ -124,10 +139,28 @@ def _library() -> ctypes.CDLL | None:
             ctypes.c_int,
         ]
         fn.restype = ctypes.c_int
+        fn = lib.birefnet_deform_columns_f32
+        fn.argtypes = [
+            ptr,
+            i64,
+            i64,
+            i64,
+            ptr,
+            ptr,
+            i64,
+            i64,
+            i64,
+            i64,
+            ptr,
+            ptr,
+            ptr,
+            ptr,
+            ptr,
+            ctypes.c_int,
+        ]
+        fn.restype = ctypes.c_int
         return lib
-    log.warning(
-        "birefnet: the C attention kernel is not used (%s); PyTorch's path runs instead", _build_error
-    )
+    log.warning("birefnet: the C kernels are not used (%s); PyTorch's paths run instead", _build_error)
     return None
 
 
@@ -224,3 +257,71 @@ def window_attention(
     if status == 3:
         raise IndexError("window_attention: a query slot or an output row is out of range")
     return status == 0
+
+
+def deform_columns(
+    table: torch.Tensor,
+    height: int,
+    width: int,
+    base_y: torch.Tensor,
+    base_x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """The deformable convolution's sampled columns (``deform_conv._GatherSampler``, one offset group).
+
+    Args:
+        table: ``(B * (height + 3) * (width + 3), C)`` contiguous float32: the input with a zero border
+            (rows -1 .. height + 1, columns -1 .. width + 1), channels last.
+        height, width: the input's size.
+        base_y: ``(R, 1, K)`` contiguous float32 rows of the kernel points of ``R`` output rows.
+        base_x: ``(1, Wo, K)`` contiguous float32 columns of the kernel points.
+        offset: ``(B, 1, R, Wo, K, 2)`` float32 (dy, dx), any strides.
+        mask: ``(B, 1, R, Wo, K)`` float32 modulation, any strides, or None.
+
+    Returns:
+        ``(B, 1, R * Wo, K * C)`` columns, or None where the kernel does not apply (not
+        :func:`available`, other dtypes or layouts, or autograd recording: the caller then samples with
+        PyTorch).
+    """
+    batch, groups, rows, out_w, points, _ = offset.shape
+    channels = table.shape[1]
+    tensors = (table, base_y, base_x, offset) if mask is None else (table, base_y, base_x, offset, mask)
+    if not (
+        available()
+        and groups == 1
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and table.is_contiguous()
+        and table.shape[0] == batch * (height + 3) * (width + 3)
+        and base_y.is_contiguous()
+        and base_y.shape == (rows, 1, points)
+        and base_x.is_contiguous()
+        and base_x.shape == (1, out_w, points)
+        and (mask is None or mask.shape == offset.shape[:-1])
+    ):
+        return None
+    columns = table.new_empty(batch, 1, rows * out_w, points * channels)
+    if columns.numel() == 0:
+        return columns
+    off_stride = (ctypes.c_int64 * 5)(*(offset.stride(i) for i in (0, 2, 3, 4, 5)))
+    mask_strides = (0,) * 4 if mask is None else tuple(mask.stride(i) for i in (0, 2, 3, 4))
+    status = _library().birefnet_deform_columns_f32(
+        table.data_ptr(),
+        height,
+        width,
+        channels,
+        base_y.data_ptr(),
+        base_x.data_ptr(),
+        batch,
+        rows,
+        out_w,
+        points,
+        offset.data_ptr(),
+        off_stride,
+        None if mask is None else mask.data_ptr(),
+        (ctypes.c_int64 * 4)(*mask_strides),
+        columns.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return columns if status == 0 else None

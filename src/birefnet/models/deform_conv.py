@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from birefnet.models import _deform_triton, fft_conv, onednn
+from birefnet.models import _deform_triton, cpu_kernels, fft_conv, onednn
+from birefnet.models.tracing import is_tracing
 
 __all__ = [
     "ACCELERATOR_COLUMN_BUDGET_BYTES",
@@ -87,6 +88,11 @@ ACCELERATOR_COLUMN_BUDGET_BYTES = 256 * 2**20
 #: of :mod:`birefnet.models._deform_triton` instead of the gather-then-GEMM path below. A switch for
 #: comparisons (``benchmarks/gpu.py`` mode ``bf16-gather``); both compute the same function.
 USE_TRITON = True
+
+#: At float32 CPU inference, sample with the C kernel of :mod:`birefnet.models.cpu_kernels` where it is
+#: available (compiled on first use; AVX-512, Linux) instead of index arithmetic and ``F.embedding_bag``.
+#: Read per call; ``benchmarks/ab_switch.py --switch c-sampling`` compares both.
+C_SAMPLING = True
 
 # Sampling-table sizes (rows) up to which the gather indices fit int32 and in-plane corner positions are
 # exact float32 integers; beyond them int64 indices and float64 positions are used.
@@ -550,6 +556,12 @@ class _GatherSampler:
         ``base_y`` (R, 1, K) and ``base_x`` (1, Wo, K) hold the integer kernel-point rows and columns,
         ``offset`` (B, G, R, Wo, K, 2) the (dy, dx) offsets, ``mask`` (B, G, R, Wo, K) or ``None``.
         """
+        if C_SAMPLING and self.table.device.type == "cpu" and not is_tracing():
+            columns = cpu_kernels.deform_columns(
+                self.table, self.height, self.width, base_y, base_x, offset, mask
+            )
+            if columns is not None:  # the same samples, computed in one pass (csrc/deform_sampling.c)
+                return columns
         batch, groups, n_rows, out_w, n_points, _ = offset.shape
         # Outside [-1, H] x [-1, W] every corner is outside the image: clamping puts such samples on the
         # zero border with zero gradient, as torchvision returns zero there. Each coordinate alone, so
