@@ -226,3 +226,19 @@ def test_fft_conv_script_smoke_run():
     assert len(rows) == 2
     for row in rows:
         assert row[3].endswith("x") and float(row[4]) < 1e-5 and float(row[5]) < 1e-5
+
+
+def test_cpu_kernels_script_smoke_run():
+    """benchmarks/cpu_kernels.py prints, per Swin stage's head count, both attention timings, their ratio
+    and both errors against float64, then the sampling comparison; or says why the kernels are absent."""
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_kernels.py"), "--runs", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    if "not available here" in out:
+        return
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["6"], ["12"], ["24"], ["48"])]
+    assert [row[0] for row in rows] == ["6", "12", "24", "48"]
+    for row in rows:
+        assert float(row[5]) > 0 and float(row[6]) < 1e-5 and float(row[7]) < 1e-5
+    assert "deformable sampling" in out and "ratio" in out.splitlines()[-1]
