@@ -132,7 +132,7 @@ def test_swin_stage_with_the_c_kernel_equals_pytorch_attention(monkeypatch, side
 def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path, caplog) -> None:
     """A compiler that fails: not available, the reason kept and logged once, nothing left in the cache."""
     monkeypatch.setenv("CC", "false")
-    monkeypatch.setenv("BIREFNET_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu_kernels, "cpu_has_avx512", lambda: True)
     monkeypatch.setattr(cpu_kernels, "_build_error", None)
     cpu_kernels._library.cache_clear()
@@ -142,7 +142,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path, caplog
             assert not cpu_kernels.available()
         assert "false failed" in cpu_kernels.build_error()
         assert len([r for r in caplog.records if "not used" in r.getMessage()]) == 1
-        assert list(tmp_path.iterdir()) == []
+        assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     finally:
         cpu_kernels._library.cache_clear()
 
@@ -156,15 +156,15 @@ def test_switched_off_by_the_environment(monkeypatch) -> None:
 def test_library_is_cached_on_disk_by_source_and_flags(monkeypatch, tmp_path) -> None:
     """Built once into the cache directory (a name per source, flags and compiler), loaded from there
     afterwards."""
-    monkeypatch.setenv("BIREFNET_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path))
     cpu_kernels._library.cache_clear()
     try:
         assert cpu_kernels.available()
-        built = list(tmp_path.iterdir())
+        built = list((tmp_path / "kernels").iterdir())
         assert len(built) == 1 and built[0].suffix == ".so"
         cpu_kernels._library.cache_clear()
         assert cpu_kernels.available()
-        assert list(tmp_path.iterdir()) == built
+        assert list((tmp_path / "kernels").iterdir()) == built
     finally:
         cpu_kernels._library.cache_clear()
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from birefnet._cache import cache_root
+
 from .functional import GroundTruthInfo, prepare
 from .measures import Evaluator, parse_metrics
 
@@ -149,10 +151,7 @@ def default_cache_dir() -> Path:
     keep them out of the dataset. Entries are keyed by the GT's content, so a changed GT file never
     reuses a stale skeleton.)
     """
-    if os.environ.get("BIREFNET_CACHE"):
-        return Path(os.environ["BIREFNET_CACHE"]).expanduser() / "skeletons"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "birefnet" / "skeletons"
+    return cache_root() / "skeletons"
 
 
 def _skeleton_cache_path(cache_dir: Path, gt: np.ndarray) -> Path:

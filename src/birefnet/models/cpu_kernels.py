@@ -3,20 +3,21 @@
 - Swin window attention (``csrc/window_attention.c``), taken by
   :meth:`birefnet.models.backbones.swin.SwinBlock.forward_streamed`. PyTorch computes a chunk of windows'
   attention as two batched products of 144 x 144 x 32 per head, a softmax and a scatter of the outputs,
-  ~10 operator calls over ~2 MB of scores at ~130 GFLOP/s; the kernel does one head of one window at a
-  time with its scores in the L2 cache and writes each output row to its token's place.
+  ~10 operator calls over ~2 MB of scores; the kernel does one head of one window at a time with its
+  scores in the L2 cache and writes each output row to its token's place (1.9-2.6x per chunk).
 - The deformable convolution's bilinear sampling (``csrc/deform_sampling.c``), taken by
   :class:`birefnet.models.deform_conv._GatherSampler`: the columns straight from the offsets and the
   mask, instead of ~20 elementwise operations that write 4 indices and 4 weights per sample and
-  ``F.embedding_bag`` reading them back.
+  ``F.embedding_bag`` reading them back (1.7x).
 
-Measurements are in docs/performance.md. The package ships the C sources, not a binary: the first call
-compiles them with the machine's C compiler
-(``$CC``, else ``cc``, ``gcc`` or ``clang``) into ``$BIREFNET_KERNEL_CACHE`` (default
-``~/.cache/birefnet/kernels``, under ``$XDG_CACHE_HOME`` when set), named by a hash of the source and
-the flags, and loads it with :mod:`ctypes` (which releases the GIL during the call). Where there is no
-compiler, the build fails, the CPU has no AVX-512, or ``BIREFNET_C_KERNELS=0`` is set, :func:`available`
-is False and the callers keep their PyTorch path: the same function, rounded in another order.
+``benchmarks/cpu_kernels.py`` measures both; docs/performance.md has the forward. The package ships the
+C sources, not a binary: the first call compiles them with the machine's C compiler (``$CC``, else
+``cc``, ``gcc`` or ``clang``; under a second) into ``kernels/`` of the package's cache folder
+(``$BIREFNET_CACHE``, else ``$XDG_CACHE_HOME/birefnet``, else ``~/.cache/birefnet``), named by a hash of
+the sources, the flags and the compiler, and loads it with :mod:`ctypes` (which releases the GIL during
+the call). Where there is no compiler, the build fails, the CPU has no AVX-512, or
+``BIREFNET_C_KERNELS=0`` is set, :func:`available` is False and the callers keep their PyTorch paths:
+the same functions, rounded in another order (~1e-7 relative).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from birefnet._cache import cache_root
 
 __all__ = [
     "available",
@@ -63,13 +66,6 @@ _WINDOW_TOKENS = 144
 _build_error: str | None = None
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("BIREFNET_KERNEL_CACHE"):
-        return Path(os.environ["BIREFNET_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "birefnet" / "kernels"
-
-
 def _compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
@@ -82,7 +78,7 @@ def library_path(compiler: str) -> Path:
     digest = hashlib.sha256()
     for part in (*(p.read_bytes() for p in _SOURCES), " ".join(_FLAGS).encode(), compiler.encode()):
         digest.update(part)
-    return _cache_dir() / f"birefnet_cpu-{digest.hexdigest()[:16]}.so"
+    return cache_root() / "kernels" / f"birefnet_cpu-{digest.hexdigest()[:16]}.so"
 
 
 @functools.lru_cache(maxsize=1)
