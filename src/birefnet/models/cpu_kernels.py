@@ -60,6 +60,13 @@ _SOURCES = (
 # (libgomp.so.1, matched by soname), sharing its worker threads; pthreads of our own measured 1.4-2x
 # slower per call right after a PyTorch operator, whose spinning workers held the second core.
 _FLAGS = ("-O3", "-mavx512f", "-mavx512dq", "-mfma", "-fopenmp", "-fPIC", "-shared")
+# The C functions' parameters in order (see the sources), one letter each: p pointer, q int64, f float,
+# i int. Each returns an int status.
+_SIGNATURES = {
+    "birefnet_window_attention_f32": "pqqqpqpqppqqfi",
+    "birefnet_deform_columns_f32": "pqqqppqqqqpppppi",
+}
+_CTYPES = {"p": ctypes.c_void_p, "q": ctypes.c_int64, "f": ctypes.c_float, "i": ctypes.c_int}
 _HEAD_DIM = 32
 _WINDOW_TOKENS = 144
 
@@ -116,45 +123,9 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as e:
         _build_error = f"{type(e).__name__}: {e}"
     else:
-        fn = lib.birefnet_window_attention_f32
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [
-            ptr,
-            i64,
-            i64,
-            i64,
-            ptr,
-            i64,
-            ptr,
-            i64,
-            ptr,
-            ptr,
-            i64,
-            i64,
-            ctypes.c_float,
-            ctypes.c_int,
-        ]
-        fn.restype = ctypes.c_int
-        fn = lib.birefnet_deform_columns_f32
-        fn.argtypes = [
-            ptr,
-            i64,
-            i64,
-            i64,
-            ptr,
-            ptr,
-            i64,
-            i64,
-            i64,
-            i64,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            ctypes.c_int,
-        ]
-        fn.restype = ctypes.c_int
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = [_CTYPES[c] for c in argtypes], ctypes.c_int
         return lib
     log.warning("birefnet: the C kernels are not used (%s); PyTorch's paths run instead", _build_error)
     return None
