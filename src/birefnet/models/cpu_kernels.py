@@ -81,7 +81,7 @@ def _compiler() -> str | None:
 
 
 def library_path(compiler: str) -> Path:
-    """Where the compiled kernel of this source, these flags and ``compiler`` is cached."""
+    """Where the library compiled from these sources, with these flags and ``compiler``, is cached."""
     digest = hashlib.sha256()
     for part in (*(p.read_bytes() for p in _SOURCES), " ".join(_FLAGS).encode(), compiler.encode()):
         digest.update(part)
@@ -90,7 +90,7 @@ def library_path(compiler: str) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on the first call of a process (cached on disk), or None."""
+    """The compiled library, built on the first call of a process that finds none on disk, or None."""
     global _build_error
     compiler = _compiler()
     if compiler is None:
