@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
     if args.switch in ("onednn", "streamed-windows", "packed-weights") and not onednn.available():
         print(f"this CPU has no AVX-512 (or torch no oneDNN): both sides of {args.switch} take the same path")
     if args.switch in ("c-attention", "c-sampling") and not cpu_kernels.available():
-        why = cpu_kernels.build_error() or "no AVX-512, not Linux, or BIREFNET_C_KERNELS=0"
+        why = cpu_kernels.unavailable_reason()
         print(f"the C kernels are not available ({why}): both sides of {args.switch} take PyTorch's path")
     if args.switch in PER_PROCESS:
         off, on, diff = _two_processes(args, off_label, on_label)

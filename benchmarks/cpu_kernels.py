@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not cpu_kernels.available():
-        why = cpu_kernels.build_error() or "no AVX-512, not Linux, or BIREFNET_C_KERNELS=0"
+        why = cpu_kernels.unavailable_reason()
         print(f"the C kernels are not available here ({why}); nothing to compare")
         return
     attention(args.runs)

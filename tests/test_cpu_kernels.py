@@ -13,13 +13,9 @@ from birefnet.models.backbones import swin
 N, D = 144, 32
 
 
-def _why_not() -> str:
-    if not cpu_kernels.cpu_has_avx512():
-        return "this CPU has no AVX-512 (the kernel's instructions)"
-    return f"the C kernel could not be built here: {cpu_kernels.build_error()}"
-
-
-needs_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason=_why_not())
+needs_kernel = pytest.mark.skipif(
+    not cpu_kernels.available(), reason=f"C kernels unavailable: {cpu_kernels.unavailable_reason()}"
+)
 
 
 def _reference(qkv, heads, rows, mask, out, out_rows) -> None:
@@ -141,6 +137,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path, caplog
             assert not cpu_kernels.available()
             assert not cpu_kernels.available()
         assert "false failed" in cpu_kernels.build_error()
+        assert "could not be built" in cpu_kernels.unavailable_reason()
         assert len([r for r in caplog.records if "not used" in r.getMessage()]) == 1
         assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     finally:
@@ -150,6 +147,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path, caplog
 def test_switched_off_by_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("BIREFNET_C_KERNELS", "0")
     assert not cpu_kernels.available()
+    assert "switched off" in cpu_kernels.unavailable_reason()
 
 
 @needs_kernel

@@ -43,6 +43,7 @@ __all__ = [
     "cpu_has_avx512",
     "deform_columns",
     "library_path",
+    "unavailable_reason",
     "window_attention",
 ]
 
@@ -152,6 +153,19 @@ def cpu_has_avx512() -> bool:
 def build_error() -> str | None:
     """Why the library could not be built or loaded (None if it was, or was not tried)."""
     return _build_error
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False, in a few words for a message (None when it is True)."""
+    if not ENABLED or os.environ.get("BIREFNET_C_KERNELS", "1") == "0":
+        return "switched off (cpu_kernels.ENABLED or BIREFNET_C_KERNELS=0)"
+    if not sys.platform.startswith("linux"):
+        return f"built for Linux only, not {sys.platform}"
+    if not cpu_has_avx512():
+        return "this CPU has no AVX-512 (the kernels' instructions)"
+    if _library() is None:
+        return f"the library could not be built here: {_build_error}"
+    return None
 
 
 def window_attention(
