@@ -45,6 +45,7 @@ drift by 10-20 % within minutes.
     python benchmarks/ab_switch.py --switch fold-last-block --variant swin_v1_l --size 1024 --pairs 6 --pack
     python benchmarks/ab_switch.py --switch c-attention --variant swin_v1_l --size 1024 --pairs 5 --pack
     python benchmarks/ab_switch.py --switch c-sampling --variant swin_v1_l --size 1024 --pairs 5 --pack
+    python benchmarks/ab_switch.py --switch c-layer-norm --variant swin_v1_l --size 1024 --pairs 5 --pack
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ def _set_c_sampling(on: bool) -> None:
     deform_conv.C_SAMPLING = on
 
 
+def _set_c_layer_norm(on: bool) -> None:
+    swin.C_LAYER_NORM = on
+
+
 # Whether the worker's model is packed (BiRefNet.pack_cpu_weights), read by _model_and_input.
 _PACK_WEIGHTS = False
 
@@ -125,6 +130,7 @@ SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "fft-offsets": (_set_fft_offsets, "direct", "FFT tiles"),
     "c-attention": (_set_c_attention, "PyTorch attention", "C attention"),
     "c-sampling": (_set_c_sampling, "PyTorch sampling", "C sampling"),
+    "c-layer-norm": (_set_c_layer_norm, "PyTorch gather+LayerNorm", "C gather+LayerNorm"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
 PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights", "two-scale"}
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None, default_switch: str = "onednn") -> None:
     setter, off_label, on_label = SWITCHES[args.switch]
     if args.switch in ("onednn", "streamed-windows", "packed-weights") and not onednn.available():
         print(f"this CPU has no AVX-512 (or torch no oneDNN): both sides of {args.switch} take the same path")
-    if args.switch in ("c-attention", "c-sampling") and not cpu_kernels.available():
+    if args.switch in ("c-attention", "c-sampling", "c-layer-norm") and not cpu_kernels.available():
         why = cpu_kernels.unavailable_reason()
         print(f"the C kernels are not available ({why}): both sides of {args.switch} take PyTorch's path")
     if args.switch in PER_PROCESS:

@@ -6,6 +6,9 @@
 - Deformable sampling: the columns of a 7x7 deformable branch at 256x256 (decoder block 1 of a 1024²
   forward), in the chunks of the inference path, PyTorch's index arithmetic and ``F.embedding_bag``
   against the kernel.
+- LayerNorm of gathered rows: for each Swin stage of swin_v1_l at 1024², one block's ``norm1`` over the
+  window chunks of the streamed path (``index_select`` then LayerNorm against the kernel), and
+  ``PatchMerging``'s 2x2 concatenation and LayerNorm (a permuting copy then LayerNorm against the kernel).
 
 Both sides alternate in one process; the best and the median of ``--runs`` are printed, with each side's
 largest error against float64 (attention) or the two sides' difference (sampling).
@@ -120,6 +123,56 @@ def sampling(runs: int) -> None:
     )
 
 
+def _layer_norm_stage(side: int, channels: int, g: torch.Generator, runs: int) -> tuple[float, ...]:
+    """(norm1 PyTorch, norm1 C, merge PyTorch, merge C) best seconds and the largest difference, one stage."""
+    x = torch.randn(side * side, channels, generator=g)
+    norm, merge = torch.nn.LayerNorm(channels), swin.PatchMerging(channels)
+    plan = swin._stream_plan(side, side, 12, 6, swin._STREAM_TOKENS)
+    index = swin._merge_index(1, side, side)
+    half = side // 2
+
+    def norm1(c_kernel: bool) -> list[torch.Tensor]:
+        if c_kernel:
+            return [
+                cpu_kernels.gather_layer_norm(x, i, 1, norm.weight, norm.bias, norm.eps) for *_, i in plan
+            ]
+        return [norm(x.index_select(0, i)) for *_, i in plan]
+
+    def merged(c_kernel: bool) -> torch.Tensor:
+        if c_kernel:
+            return cpu_kernels.gather_layer_norm(
+                x, index, 4, merge.norm.weight, merge.norm.bias, merge.norm.eps
+            )
+        grid = x.view(1, half, 2, half, 2, channels).permute(0, 1, 3, 4, 2, 5)
+        return merge.norm(grid.reshape(-1, 4 * channels))
+
+    with torch.inference_mode():
+        diff = max((a - b).abs().max().item() for a, b in zip(norm1(False), norm1(True), strict=True))
+        diff = max(diff, (merged(False) - merged(True)).abs().max().item())
+        times = [
+            min(_timed(functools.partial(f, c_kernel), runs))
+            for f in (norm1, merged)
+            for c_kernel in (False, True)
+        ]
+    return (*times, diff)
+
+
+def layer_norm(runs: int) -> None:
+    print(
+        "LayerNorm of gathered rows (swin_v1_l at 1024²: one block's norm1 over its window chunks; patch merging)"
+    )
+    print(
+        f"{'map':>5} {'C':>5}  {'norm1 PyTorch':>14} {'C':>9} {'ratio':>6}  {'merge PyTorch':>14} {'C':>9} {'ratio':>6}  max|diff|"
+    )
+    g = torch.Generator().manual_seed(0)
+    for side, channels in ((256, 192), (128, 384), (64, 768), (32, 1536)):
+        p, c, mp, mc, diff = _layer_norm_stage(side, channels, g, runs)
+        print(
+            f"{side:>4}² {channels:>5}  {p * 1e3:>11.2f} ms {c * 1e3:>6.2f} ms {p / c:>6.2f}"
+            f"  {mp * 1e3:>11.2f} ms {mc * 1e3:>6.2f} ms {mp / mc:>6.2f}  {diff:.1e}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
@@ -132,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     attention(args.runs)
     sampling(args.runs)
+    layer_norm(args.runs)
 
 
 if __name__ == "__main__":

@@ -230,7 +230,8 @@ def test_fft_conv_script_smoke_run():
 
 def test_cpu_kernels_script_smoke_run():
     """benchmarks/cpu_kernels.py prints, per Swin stage's head count, both attention timings, their ratio
-    and both errors against float64, then the sampling comparison; or says why the kernels are absent."""
+    and both errors against float64, then the sampling comparison, then the gathered LayerNorms per stage;
+    or says why the kernels are absent."""
     import subprocess
 
     cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_kernels.py"), "--runs", "1"]
@@ -241,4 +242,15 @@ def test_cpu_kernels_script_smoke_run():
     assert [row[0] for row in rows] == ["6", "12", "24", "48"]
     for row in rows:
         assert float(row[5]) > 0 and float(row[6]) < 1e-5 and float(row[7]) < 1e-5
-    assert "deformable sampling" in out and "ratio" in out.splitlines()[-1]
+    sampling = out.splitlines().index(
+        next(line for line in out.splitlines() if line.startswith("deformable"))
+    )
+    assert "ratio" in out.splitlines()[sampling + 1]
+    norms = [
+        line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["256²"], ["128²"], ["64²"], ["32²"])
+    ]
+    assert [row[1] for row in norms] == ["192", "384", "768", "1536"]
+    for row in norms:
+        assert float(row[6]) > 0 and float(row[11]) > 0 and float(row[12]) < 1e-4

@@ -1,4 +1,5 @@
-"""The C kernels compiled on first use (birefnet.models.cpu_kernels): the Swin window attention."""
+"""The C kernels compiled on first use (birefnet.models.cpu_kernels): window attention, deformable sampling,
+LayerNorm of gathered rows."""
 
 from __future__ import annotations
 
@@ -231,3 +232,94 @@ def test_deform_columns_decline_what_they_do_not_handle() -> None:
     )
     assert cpu_kernels.deform_columns(table, 6, 6, base_y, base_x, off2, msk2) is None
     assert cpu_kernels.deform_columns(table, 6, 6, base_y, base_x, off, msk) is not None
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("channels", "pieces", "indexed"), [(16, 1, True), (192, 1, True), (48, 4, True), (96, 1, False)]
+)
+def test_gather_layer_norm_equals_layer_norm_of_the_gathered_rows(channels, pieces, indexed) -> None:
+    """Rows gathered (repeats and any order), concatenated ``pieces`` at a time and normalised: as PyTorch's
+    gather and LayerNorm, against float64; rows with a large mean and a small spread included."""
+    torch.manual_seed(0)
+    src = torch.randn(300, channels)
+    src[:50] = src[:50] * 0.01 + 100.0
+    index = torch.randint(0, 300, (120 * pieces,)) if indexed else None
+    weight, bias = torch.randn(pieces * channels), torch.randn(pieces * channels)
+    rows = src if index is None else src[index]
+    rows = rows.reshape(-1, pieces * channels)
+    ref = torch.nn.functional.layer_norm(
+        rows.double(), (pieces * channels,), weight.double(), bias.double(), 1e-5
+    )
+    torch_err = (
+        (torch.nn.functional.layer_norm(rows, (pieces * channels,), weight, bias, 1e-5) - ref).abs().max()
+    )
+    ours = cpu_kernels.gather_layer_norm(src, index, pieces, weight, bias, 1e-5)
+    assert ours is not None and ours.shape == ref.shape
+    assert (ours - ref).abs().max() <= max(2 * torch_err, 1e-6 * ref.abs().max())
+
+
+@needs_kernel
+def test_gather_layer_norm_declines_or_refuses_what_it_does_not_handle() -> None:
+    """Channels not a multiple of 16, float64, autograd recording: None; an index out of range: IndexError."""
+    weight, bias = torch.ones(32), torch.zeros(32)
+    index = torch.tensor([0, 1, 2])
+    assert (
+        cpu_kernels.gather_layer_norm(torch.randn(4, 24), index, 1, torch.ones(24), torch.zeros(24), 1e-5)
+        is None
+    )
+    assert cpu_kernels.gather_layer_norm(torch.randn(4, 32).double(), index, 1, weight, bias, 1e-5) is None
+    assert (
+        cpu_kernels.gather_layer_norm(torch.randn(4, 32), index, 1, weight.requires_grad_(), bias, 1e-5)
+        is None
+    )
+    weight = weight.detach()
+    assert cpu_kernels.gather_layer_norm(torch.randn(4, 32), index, 2, weight, bias, 1e-5) is None  # 3 % 2
+    with pytest.raises(IndexError):
+        cpu_kernels.gather_layer_norm(torch.randn(4, 32), torch.tensor([0, 4]), 1, weight, bias, 1e-5)
+    with pytest.raises(IndexError):
+        cpu_kernels.gather_layer_norm(torch.randn(4, 32), torch.tensor([-1]), 1, weight, bias, 1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("batch", "height", "width"), [(1, 8, 6), (2, 7, 5)])
+def test_patch_merging_with_the_c_kernel_equals_pytorch(monkeypatch, batch, height, width) -> None:
+    """PatchMerging's 2x2 concatenation and LayerNorm in one pass, odd sizes padded, two samples: as the
+    permute-and-LayerNorm path, to float rounding."""
+    torch.manual_seed(0)
+    merge = swin.PatchMerging(32).eval()
+    with torch.no_grad():
+        merge.norm.weight.normal_()
+        merge.norm.bias.normal_()
+    x = torch.randn(batch, height, width, 32)
+    calls = []
+    real = cpu_kernels.gather_layer_norm
+    monkeypatch.setattr(cpu_kernels, "gather_layer_norm", lambda *a: calls.append(real(*a)) or calls[-1])
+    with torch.inference_mode():
+        ours = merge(x)
+        assert calls and calls[-1] is not None
+        monkeypatch.setattr(swin, "C_LAYER_NORM", False)
+        ref = merge(x)
+    assert ours.shape == ref.shape == (batch, (height + 1) // 2, (width + 1) // 2, 64)
+    assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@needs_kernel
+def test_swin_stage_with_the_c_layer_norm_equals_pytorch(monkeypatch) -> None:
+    """A streamed Swin stage (padded and shifted windows, patch merging) with its LayerNorms in C, against
+    PyTorch's gathers and LayerNorms."""
+    torch.manual_seed(0)
+    stage = swin.SwinStage(64, 2, 2, 12, 4.0, [0.0, 0.0], downsample=True).eval()
+    with torch.no_grad():
+        for norm in (m for m in stage.modules() if isinstance(m, torch.nn.LayerNorm)):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    x = torch.randn(2, 30, 30, 64)
+    with torch.inference_mode():
+        if not all(swin._onednn_linear_ok(x, *swin._linears(block)) for block in stage.blocks):
+            pytest.skip("the streamed path needs PyTorch's oneDNN on an AVX-512 CPU")
+        ours = stage(x)
+        monkeypatch.setattr(swin, "C_LAYER_NORM", False)
+        ref = stage(x)
+    for a, b in zip(ours, ref, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()

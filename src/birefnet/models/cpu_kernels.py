@@ -9,8 +9,12 @@
   :class:`birefnet.models.deform_conv._GatherSampler`: the columns straight from the offsets and the
   mask, instead of ~20 elementwise operations that write 4 indices and 4 weights per sample and
   ``F.embedding_bag`` reading them back (1.7x).
+- LayerNorm of gathered rows (``csrc/layer_norm_rows.c``), taken by the Swin backbone's streamed blocks
+  (each window chunk's tokens, gathered and normalised by ``norm1``) and by ``PatchMerging`` (each 2x2
+  neighbourhood concatenated and normalised): one pass over the rows instead of a gather (or permute)
+  that writes them out and a LayerNorm that reads them back.
 
-``benchmarks/cpu_kernels.py`` measures both; docs/performance.md has the forward. The package ships the
+``benchmarks/cpu_kernels.py`` measures them; docs/performance.md has the forward. The package ships the
 C sources, not a binary: the first call compiles them with the machine's C compiler (``$CC``, else
 ``cc``, ``gcc`` or ``clang``; under a second) into ``kernels/`` of the package's cache folder
 (``$BIREFNET_CACHE``, else ``$XDG_CACHE_HOME/birefnet``, else ``~/.cache/birefnet``), named by a hash of
@@ -42,6 +46,7 @@ __all__ = [
     "build_error",
     "cpu_has_avx512",
     "deform_columns",
+    "gather_layer_norm",
     "library_path",
     "unavailable_reason",
     "window_attention",
@@ -56,6 +61,7 @@ ENABLED = True
 _SOURCES = (
     Path(__file__).with_name("csrc") / "window_attention.c",
     Path(__file__).with_name("csrc") / "deform_sampling.c",
+    Path(__file__).with_name("csrc") / "layer_norm_rows.c",
 )
 # -fopenmp: the parallel loop runs on the OpenMP runtime already loaded by PyTorch's Linux wheels
 # (libgomp.so.1, matched by soname), sharing its worker threads; pthreads of our own measured 1.4-2x
@@ -66,6 +72,7 @@ _FLAGS = ("-O3", "-mavx512f", "-mavx512dq", "-mfma", "-fopenmp", "-fPIC", "-shar
 _SIGNATURES = {
     "birefnet_window_attention_f32": "pqqqpqpqppqqfi",
     "birefnet_deform_columns_f32": "pqqqppqqqqpppppi",
+    "birefnet_gather_layer_norm_f32": "pqpqqqppfpi",
 }
 _CTYPES = {"p": ctypes.c_void_p, "q": ctypes.c_int64, "f": ctypes.c_float, "i": ctypes.c_int}
 _HEAD_DIM = 32
@@ -306,3 +313,71 @@ def deform_columns(
         torch.get_num_threads(),
     )
     return columns if status == 0 else None
+
+
+def gather_layer_norm(
+    src: torch.Tensor,
+    index: torch.Tensor | None,
+    pieces: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor | None:
+    """``F.layer_norm`` of gathered, concatenated rows: row ``i`` of the result normalises
+    ``cat(src[index[i * pieces]], ..., src[index[i * pieces + pieces - 1]])``.
+
+    Args:
+        src: ``(M, C)`` contiguous float32 rows (``C`` a multiple of 16).
+        index: ``(rows * pieces,)`` contiguous int64 rows of ``src``, or None for all rows in order (a plain
+            LayerNorm of ``src``, ``rows = M / pieces``).
+        pieces: source rows per output row.
+        weight, bias: ``(pieces * C,)`` float32 LayerNorm affine.
+        eps: LayerNorm's epsilon.
+
+    Returns:
+        A new ``(rows, pieces * C)`` tensor, or None where the kernel does not apply (not
+        :func:`available`, other dtypes, layouts or sizes, or autograd recording: the caller then runs
+        PyTorch's gather and LayerNorm).
+
+    Raises:
+        IndexError: an index outside ``[0, M)`` (checked before anything is written).
+    """
+    if src.dim() != 2 or (index is not None and index.dim() != 1) or pieces < 1:
+        return None
+    count = src.shape[0] if index is None else index.numel()
+    rows, channels = count // pieces, src.shape[1]
+    tensors = (src, weight, bias)
+    if not (
+        available()
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and channels % 16 == 0
+        and channels > 0
+        and count == rows * pieces
+        and (
+            index is None
+            or (index.dtype == torch.int64 and index.device.type == "cpu" and index.is_contiguous())
+        )
+        and weight.shape == (pieces * channels,)
+        and bias.shape == (pieces * channels,)
+    ):
+        return None
+    out = src.new_empty(rows, pieces * channels)
+    if rows == 0:
+        return out
+    status = _library().birefnet_gather_layer_norm_f32(
+        src.data_ptr(),
+        src.shape[0],
+        None if index is None else index.data_ptr(),
+        rows,
+        pieces,
+        channels,
+        weight.data_ptr(),
+        bias.data_ptr(),
+        eps,
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if status == 3:
+        raise IndexError("gather_layer_norm: an index is outside the source rows")
+    return out if status == 0 else None

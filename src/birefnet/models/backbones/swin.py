@@ -567,6 +567,27 @@ STREAM_WINDOWS = True
 _STREAM_TOKENS = 4096
 
 
+#: At float32 CPU inference, gather and LayerNorm rows in one pass with the C kernel of
+#: :mod:`birefnet.models.cpu_kernels` where it is available: the window chunks' tokens before ``norm1``
+#: and the chunks of ``norm2`` in :meth:`SwinBlock.forward_streamed`, and the 2x2 neighbourhoods of
+#: :class:`PatchMerging`. Read per call;
+#: ``benchmarks/ab_switch.py --switch c-layer-norm`` compares both.
+C_LAYER_NORM = True
+
+
+def _gathered_norm(
+    norm: nn.Module, src: torch.Tensor, index: torch.Tensor | None, pieces: int = 1
+) -> torch.Tensor | None:
+    """``norm`` (a LayerNorm over ``pieces * C``) of the rows ``src[index]`` of ``(M, C)`` ``src`` (all
+    rows when ``index`` is None), each ``pieces`` consecutive ones concatenated, by the C kernel; None
+    where it does not apply."""
+    if not (
+        C_LAYER_NORM and type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None
+    ):
+        return None
+    return cpu_kernels.gather_layer_norm(src, index, pieces, norm.weight, norm.bias, norm.eps)
+
+
 #: In :meth:`SwinBlock.forward_streamed`, attend with the C kernel of :mod:`birefnet.models.cpu_kernels`
 #: where it is available (compiled on first use; AVX-512, Linux) instead of :func:`_attend` and a scatter.
 #: Read per chunk; ``benchmarks/ab_switch.py --switch c-attention`` compares both.
@@ -886,7 +907,10 @@ class SwinBlock(nn.Module):
             tokens, target = x[i], attended[i]
             for start, stop, rows, index in plan:
                 windows = stop - start
-                projected = _onednn_linear(attn.qkv, self.norm1(tokens.index_select(0, index)))
+                normed = _gathered_norm(self.norm1, tokens, index)  # C kernel: one pass, else PyTorch
+                if normed is None:
+                    normed = self.norm1(tokens.index_select(0, index))
+                projected = _onednn_linear(attn.qkv, normed)
                 if rows is None:
                     qkv = projected.view(windows, n, 3 * c)
                 else:  # padding slots: zero tokens after norm1, so their qkv is the bias
@@ -912,7 +936,10 @@ class SwinBlock(nn.Module):
             part = _onednn_linear_add(
                 attn.proj, flat_attended[j : j + _ONEDNN_CHUNK], flat[j : j + _ONEDNN_CHUNK]
             )
-            hidden = _onednn_linear(self.mlp.fc1, self.norm2(part), gelu=True)
+            normed = _gathered_norm(self.norm2, part, None)
+            if normed is None:
+                normed = self.norm2(part)
+            hidden = _onednn_linear(self.mlp.fc1, normed, gelu=True)
             flat_out[j : j + _ONEDNN_CHUNK] = _onednn_linear_add(self.mlp.fc2, hidden, part)
 
     def _project_qkv(self, tokens: torch.Tensor, out: torch.Tensor | None, fused: bool) -> torch.Tensor:
@@ -964,6 +991,20 @@ class SwinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+@functools.lru_cache(maxsize=16)
+def _merge_index(batch: int, height: int, width: int) -> torch.Tensor:
+    """Rows of a ``(batch, height, width)`` token map (even sizes) that :class:`PatchMerging` concatenates,
+    4 per output token in its order (row, column offsets (0, 0), (1, 0), (0, 1), (1, 1)): ``(B * H/2 *
+    W/2 * 4,)`` int64, cached per size like the window layouts."""
+    with torch.inference_mode(False), torch.no_grad():  # cached beyond the call
+        piece = torch.arange(4)
+        dy, dx = piece % 2, piece // 2
+        i = torch.arange(height // 2)[:, None, None]
+        j = torch.arange(width // 2)[None, :, None]
+        plane = ((2 * i + dy) * width + 2 * j + dx).reshape(-1)
+        return (torch.arange(batch)[:, None] * (height * width) + plane).reshape(-1)
+
+
 class PatchMerging(nn.Module):
     """2x2 neighbourhood -> one token: concat (4C), LayerNorm, Linear 4C -> 2C without bias.
 
@@ -982,9 +1023,15 @@ class PatchMerging(nn.Module):
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
             h, w = h + h % 2, w + w % 2
-        # (B, H/2, dy, W/2, dx, C) -> (B, H/2, W/2, dx, dy, C): dx-major gives the original order.
-        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
-        x = self.norm(x)
+        normed = None
+        if x.device.type == "cpu" and not is_tracing():  # the C kernel: gathered and normalised in one pass
+            normed = _gathered_norm(self.norm, x.reshape(-1, c), _merge_index(b, h, w), pieces=4)
+        if normed is not None:
+            x = normed.view(b, h // 2, w // 2, 4 * c)
+        else:
+            # (B, H/2, dy, W/2, dx, C) -> (B, H/2, W/2, dx, dy, C): dx-major gives the original order.
+            x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+            x = self.norm(x)
         if _onednn_linear_ok(x, self.reduction):  # AVX-512 CPU inference (birefnet.models.onednn)
             return _onednn_linear(self.reduction, x.view(-1, 4 * c)).view(b, h // 2, w // 2, 2 * c)
         return self.reduction(x)
