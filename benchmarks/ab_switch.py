@@ -46,6 +46,7 @@ drift by 10-20 % within minutes.
     python benchmarks/ab_switch.py --switch c-attention --variant swin_v1_l --size 1024 --pairs 5 --pack
     python benchmarks/ab_switch.py --switch c-sampling --variant swin_v1_l --size 1024 --pairs 5 --pack
     python benchmarks/ab_switch.py --switch c-layer-norm --variant swin_v1_l --size 1024 --pairs 5 --pack
+    python benchmarks/ab_switch.py --switch residual-post-op --variant swin_v1_l --size 1024 --pairs 5 --pack
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def _set_c_layer_norm(on: bool) -> None:
     swin.C_LAYER_NORM = on
 
 
+def _set_residual_post_op(on: bool) -> None:
+    swin.RESIDUAL_POST_OP = on
+
+
 # Whether the worker's model is packed (BiRefNet.pack_cpu_weights), read by _model_and_input.
 _PACK_WEIGHTS = False
 
@@ -131,6 +136,7 @@ SWITCHES: dict[str, tuple[Callable[[bool], None], str, str]] = {
     "c-attention": (_set_c_attention, "PyTorch attention", "C attention"),
     "c-sampling": (_set_c_sampling, "PyTorch sampling", "C sampling"),
     "c-layer-norm": (_set_c_layer_norm, "PyTorch gather+LayerNorm", "C gather+LayerNorm"),
+    "residual-post-op": (_set_residual_post_op, "sum apart", "sum as post-op"),
 }
 #: switches whose setting holds for a whole process: compared across two worker processes
 PER_PROCESS = {"keep-heap", "streamed-windows", "packed-weights", "two-scale"}

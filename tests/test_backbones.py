@@ -487,13 +487,18 @@ def test_swin_stage_onednn_path_equals_the_plain_path(monkeypatch, side, dim, he
     ("side", "dim", "heads", "window", "tokens"),
     [(64, 96, 3, 12, 100), (50, 48, 3, 7, 300), (20, 32, 2, 7, 4096), (13, 32, 2, 6, 1)],
 )
-def test_swin_stage_streamed_path_equals_the_plain_path(monkeypatch, side, dim, heads, window, tokens):
+@pytest.mark.parametrize("post_op", [False, True])
+def test_swin_stage_streamed_path_equals_the_plain_path(
+    monkeypatch, side, dim, heads, window, tokens, post_op
+):
     """On the oneDNN path the stage runs window chunk by window chunk (SwinBlock.forward_streamed): chunks
     of one window up to all windows, maps with and without padding (64 -> 72, 50 -> 56, 20 -> 21,
-    13 -> 18), shifted and plain blocks, two samples. Forced on whatever the CPU; the numbers must be
-    those of the plain path up to float rounding, and the stage input must be left as it was."""
+    13 -> 18), shifted and plain blocks, two samples, the residual sums apart or as oneDNN post-ops.
+    Forced on whatever the CPU; the numbers must be those of the plain path up to float rounding, and the
+    stage input must be left as it was."""
     from birefnet.models.backbones import swin
 
+    monkeypatch.setattr(swin, "RESIDUAL_POST_OP", post_op)
     monkeypatch.setattr(swin.onednn, "available", lambda: True)
     monkeypatch.setattr(swin, "_ONEDNN_CHUNK", 100)
     monkeypatch.setattr(swin, "_STREAM_TOKENS", tokens)

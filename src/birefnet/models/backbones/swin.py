@@ -588,6 +588,15 @@ def _gathered_norm(
     return cpu_kernels.gather_layer_norm(src, index, pieces, norm.weight, norm.bias, norm.eps)
 
 
+#: In :meth:`SwinBlock.forward_streamed`, add the two residuals inside oneDNN's products (its binary post-op)
+#: instead of as a separate pass over each product's chunk. False since the eighteenth session: the post-op
+#: slows the products that have few output channels (the attention projection, 192 -> 192: 144-156 against
+#: 164-176 GFLOP/s with the sum done apart) and the MLP's output then had to be copied into place, where
+#: ``torch.add(..., out=)`` writes it there directly. The same sums, bit for bit. A switch for
+#: ``benchmarks/ab_switch.py --switch residual-post-op``.
+RESIDUAL_POST_OP = False
+
+
 #: In :meth:`SwinBlock.forward_streamed`, attend with the C kernel of :mod:`birefnet.models.cpu_kernels`
 #: where it is available (compiled on first use; AVX-512, Linux) instead of :func:`_attend` and a scatter.
 #: Read per chunk; ``benchmarks/ab_switch.py --switch c-attention`` compares both.
@@ -933,14 +942,19 @@ class SwinBlock(nn.Module):
                     target.index_copy_(0, slots[a : a + per].reshape(-1), o.transpose(1, 2).reshape(-1, c))
         flat, flat_attended, flat_out = x.view(-1, c), attended.view(-1, c), out.view(-1, c)
         for j in range(0, flat.shape[0], _ONEDNN_CHUNK):
-            part = _onednn_linear_add(
-                attn.proj, flat_attended[j : j + _ONEDNN_CHUNK], flat[j : j + _ONEDNN_CHUNK]
-            )
+            rows = slice(j, j + _ONEDNN_CHUNK)
+            if RESIDUAL_POST_OP:
+                part = _onednn_linear_add(attn.proj, flat_attended[rows], flat[rows])
+            else:  # the sum as its own pass over the chunk, in the cache (see RESIDUAL_POST_OP)
+                part = _onednn_linear(attn.proj, flat_attended[rows]).add_(flat[rows])
             normed = _gathered_norm(self.norm2, part, None)
             if normed is None:
                 normed = self.norm2(part)
             hidden = _onednn_linear(self.mlp.fc1, normed, gelu=True)
-            flat_out[j : j + _ONEDNN_CHUNK] = _onednn_linear_add(self.mlp.fc2, hidden, part)
+            if RESIDUAL_POST_OP:
+                flat_out[rows] = _onednn_linear_add(self.mlp.fc2, hidden, part)
+            else:  # written straight into the output rows, no copy
+                torch.add(_onednn_linear(self.mlp.fc2, hidden), part, out=flat_out[rows])
 
     def _project_qkv(self, tokens: torch.Tensor, out: torch.Tensor | None, fused: bool) -> torch.Tensor:
         """``attn.qkv(tokens)`` for ``(B, M, C)`` tokens -> ``(B, M, 3C)``: into ``out`` when given (with
