@@ -10,9 +10,9 @@
   mask, instead of ~20 elementwise operations that write 4 indices and 4 weights per sample and
   ``F.embedding_bag`` reading them back (1.7x).
 - LayerNorm of gathered rows (``csrc/layer_norm_rows.c``), taken by the Swin backbone's streamed blocks
-  (each window chunk's tokens, gathered and normalised by ``norm1``) and by ``PatchMerging`` (each 2x2
-  neighbourhood concatenated and normalised): one pass over the rows instead of a gather (or permute)
-  that writes them out and a LayerNorm that reads them back.
+  (each window chunk's tokens, gathered and normalised by ``norm1``; ``norm2`` on each chunk) and by
+  ``PatchMerging`` (each 2x2 neighbourhood concatenated and normalised): one pass over the rows instead
+  of a gather (or permute) that writes them out and a LayerNorm that reads them back (1.5-2.2x).
 
 ``benchmarks/cpu_kernels.py`` measures them; docs/performance.md has the forward. The package ships the
 C sources, not a binary: the first call compiles them with the machine's C compiler (``$CC``, else
